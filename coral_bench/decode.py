@@ -1,0 +1,98 @@
+"""The one speculative decoding loop: draft → score → verify → commit, for every drafter.
+
+Vanilla decoding is the same loop with one-node trees, which the Target runs through its plain
+causal path. Stopping (METHODS.md §1): the emitted chunk is cut after the first EOS (kept) or at
+exactly ``max_new_tokens``; both sides count the same emitted tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .clock import Clock
+from .drafters.base import DraftContext, Drafter
+from .records import STOP_EOS, STOP_LENGTH, CycleRecord
+from .sampling import SamplingConfig, sample, warp
+from .target import Target, TargetError
+from .verify import verify
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generated turn."""
+
+    ids: tuple[int, ...]  # new tokens, the prefill's token first
+    stop_reason: str
+    wall_s: float  # prefill + decode
+    prefill_s: float  # target prefill and the first token
+    cycles: tuple[CycleRecord, ...]
+
+
+def first_token(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator) -> int:  # [1, V]
+    if sampling.is_greedy:
+        return int(logits[0].argmax())
+    return sample(warp(logits[0], sampling), generator)
+
+
+def generate(
+    target: Target,
+    drafter: Drafter,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    sampling: SamplingConfig,
+    generator: torch.Generator,
+    clock: Clock,
+    reserve: int = 1,
+    reference: tuple[int, ...] | None = None,
+) -> Generation:
+    """Generate one turn. ``reserve`` is the most tree nodes a cycle may add (context check)."""
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    need = len(prompt_ids) + max_new_tokens + reserve
+    if need > target.max_context:
+        raise TargetError(
+            f"prompt of {len(prompt_ids)} tokens + {max_new_tokens} new + {reserve} tree nodes "
+            f"exceeds the target's context of {target.max_context}"
+        )
+    eos = set(target.eos_token_ids)
+    start = clock.now()
+    prefill = target.prefill(torch.tensor(prompt_ids, dtype=torch.long))
+    out = [first_token(prefill.logits, sampling, generator)]
+    prefill_s = clock.now() - start
+    cycles: list[CycleRecord] = []
+    if out[0] in eos or max_new_tokens == 1:
+        stop = STOP_EOS if out[0] in eos else STOP_LENGTH
+        return Generation(tuple(out), stop, clock.now() - start, prefill_s, ())
+    drafter.begin(DraftContext(tuple(prompt_ids), out[0], prefill, reference))
+    root = out[0]
+    while True:
+        t0 = clock.now()
+        tree = drafter.propose(root)
+        t1 = clock.now()
+        scored = target.score(tree)
+        t2 = clock.now()
+        verdict = verify(tree, scored.logits, sampling, generator)
+        t3 = clock.now()
+        chunk, stop = _cut(verdict.tokens, eos, max_new_tokens - len(out))
+        out.extend(chunk)
+        if stop is None:
+            target.commit(verdict.path)
+            drafter.commit(verdict, scored)
+            root = verdict.bonus
+        t4 = clock.now()
+        cycles.append(CycleRecord(tree.size, tree.depth, tree.forwards, verdict.accepted, len(chunk),
+                                  t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+        if stop is not None:
+            return Generation(tuple(out), stop, t4 - start, prefill_s, tuple(cycles))
+
+
+def _cut(tokens: tuple[int, ...], eos: set[int], room: int) -> tuple[tuple[int, ...], str | None]:
+    """The emitted chunk after the cut, and why generation stops (None: it goes on)."""
+    for i, tok in enumerate(tokens[:room]):
+        if tok in eos:
+            return tokens[: i + 1], STOP_EOS
+    if len(tokens) >= room:
+        return tokens[:room], STOP_LENGTH
+    return tokens, None

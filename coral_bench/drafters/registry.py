@@ -1,0 +1,59 @@
+"""The one registry of drafters: name → (factory, default tree shape, description).
+
+CPU defaults are small (METHODS.md §3 "Sizes for a CPU"): on a 2-core CPU the verification cost
+grows with tree size, so GPU-sized trees (60 nodes) lose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..target import Target
+from ..tree import TreeShape
+from .base import Drafter, DrafterError, DrafterFactory, DrafterSettings
+from .oracle import build_noisy_oracle, build_oracle
+from .prompt_lookup import build_prompt_lookup
+from .vanilla import build_vanilla
+
+CPU_TREE = TreeShape(kind="dynamic", top_k=4, depth=3, total_tokens=16)
+
+
+@dataclass(frozen=True)
+class DrafterEntry:
+    factory: DrafterFactory
+    default_tree: TreeShape
+    description: str
+    needs_checkpoint: bool = False
+
+
+def _entries() -> dict[str, DrafterEntry]:
+    entries = {
+        "vanilla": DrafterEntry(build_vanilla, TreeShape(kind="chain", depth=1), "no drafting: the baseline"),
+        "prompt-lookup": DrafterEntry(build_prompt_lookup, TreeShape(kind="chain", depth=4),
+                                      "n-gram match in prompt and output (model-free)"),
+        "oracle": DrafterEntry(build_oracle, CPU_TREE, "the target's own greedy continuation: upper bound (test)"),
+        "noisy-oracle": DrafterEntry(build_noisy_oracle, CPU_TREE, "random trees around the truth (test)"),
+    }
+    try:
+        from .eagle import build_eagle
+    except ImportError:  # the EAGLE drafter module is optional while it is being built
+        return entries
+    eagle_like = {
+        "eagle": "EAGLE-style drafter (random weights without a checkpoint)",
+        "eagle2": "EAGLE-2 drafter: EAGLE single-step training, dynamic tree",
+        "hass": "HASS drafter: multi-step harmonised training",
+        "coral": "CORAL drafter: HASS + cross-step representation alignment",
+    }
+    for name, text in eagle_like.items():
+        entries[name] = DrafterEntry(build_eagle, CPU_TREE, text, needs_checkpoint=name != "eagle")
+    return entries
+
+
+DRAFTERS: dict[str, DrafterEntry] = _entries()
+
+
+def build_drafter(target: Target, settings: DrafterSettings) -> Drafter:
+    entry = DRAFTERS.get(settings.name)
+    if entry is None:
+        raise DrafterError(f"unknown drafter {settings.name!r}: choose from {', '.join(DRAFTERS)}")
+    return entry.factory(target, settings)

@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny float64 targets built from a config in milliseconds (never a download)."""
+
+import pytest
+import torch
+
+from coral_bench.clock import Clock
+from coral_bench.target import Target
+from coral_bench.tiny import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def model64():
+    return tiny_model(seed=0, dtype=torch.float64)
+
+
+@pytest.fixture
+def target64(model64):
+    return Target(model64, (2,), name="tiny64")
+
+
+@pytest.fixture
+def clock():
+    return Clock(torch.device("cpu"))
