@@ -29,7 +29,7 @@ def load_average() -> float:
         return 0.0
 
 
-def machine_is_busy(threads: int) -> bool:
+def is_busy(load: float, threads: int) -> bool:
     """More runnable work than the cores left to the benchmark (the benchmark itself uses ``threads``)."""
     cores = os.cpu_count() or 1
-    return load_average() > max(0.5, cores - threads + 0.5)
+    return load > max(0.5, cores - threads + 0.5)

@@ -26,7 +26,7 @@ class Generation:
     ids: tuple[int, ...]  # new tokens, the prefill's token first
     stop_reason: str
     wall_s: float  # prefill + decode
-    prefill_s: float  # target prefill and the first token
+    prefill_s: float | None  # target prefill and the first token (None: not measurable, peers)
     cycles: tuple[CycleRecord, ...]
 
 

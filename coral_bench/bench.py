@@ -1,0 +1,285 @@
+"""Runs a suite: vanilla, each drafter and each peer over the same prompts, interleaved per question.
+
+Same process, same target object, same clock and stopping rule for every method (DESIGN.md §7).
+Every finished (method, question, turn) is appended to ``samples.jsonl`` at once, so an interrupted
+run resumes where it stopped; ``results.json`` is rebuilt from the samples at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import results as rd
+from .chat import render
+from .clock import Clock, is_busy, load_average
+from .decode import Generation, generate
+from .drafters.base import Drafter, DrafterSettings, generator_for
+from .drafters.registry import DRAFTERS, build_drafter
+from .loading import LoadedTarget, load_target
+from .methods import DrafterSpec, MethodError, check_unique
+from .peers import PEERS, PeerError, hf_generate
+from .provenance import provenance
+from .records import SampleRecord
+from .sampling import SamplingConfig
+from .stats import compare, equality, summarize
+from .suites import Question, Suite, limit, load_suite
+from .tree import TreeShape
+
+VANILLA = "vanilla"
+# Below this top-2 logit margin a greedy divergence is a numerical tie, not a bug (METHODS.md §4).
+TIE_THRESHOLD = {"float64": 1e-9, "float32": 1e-4, "bfloat16": 1e-2, "float16": 1e-2}
+
+
+class BusyMachineError(RuntimeError):
+    """--require-idle on a busy machine."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``coral-bench run`` was asked, resolved; written to config.json and results.json."""
+
+    suite: str
+    target: str = "smollm2-135m"
+    drafters: tuple[DrafterSpec, ...] = ()
+    peers: tuple[str, ...] = ()
+    tree: TreeShape | None = None
+    limit: int | None = None
+    max_new_tokens: int | None = None
+    sampling: SamplingConfig = SamplingConfig()
+    dtype: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    warmup_tokens: int = 16
+    require_idle: bool = False
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    kind: str  # "baseline", "drafter" or "peer"
+    run: Callable[[list[int], int, int, tuple[int, ...] | None], Generation]  # (prompt, max_new, seed, ref)
+    tree: TreeShape | None = None
+    parameters: int = 0
+    needs_reference: bool = False
+
+
+def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str = "",
+              progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Run (or resume) ``config`` into the run directory ``out``; returns the results dict."""
+    suite = load_suite(config.suite)
+    if config.limit is not None:
+        suite = limit(suite, config.limit)
+    threads = config.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    load_before = load_average()
+    if config.require_idle and is_busy(load_before, threads):
+        raise BusyMachineError(f"machine is busy (load average {load_before:.2f}); refusing to time (--require-idle)")
+    check_unique([VANILLA, "hf-vanilla", *(d.label for d in config.drafters),
+                  *(p for p in config.peers if p != "hf-vanilla")])  # --peer hf-vanilla changes nothing
+    for peer in config.peers:
+        if peer not in PEERS:
+            raise PeerError(f"unknown peer {peer!r}: choose from {', '.join(PEERS)}")
+    loaded = load_target(config.target, config.dtype, config.device)
+    max_new = config.max_new_tokens or suite.max_new_tokens
+    clock = Clock(loaded.target.model.device)
+    methods = _methods(config, loaded, clock)
+    reserve = max((m.tree.max_nodes for m in methods if m.tree), default=1)
+    config_json = _config_json(config, suite, loaded, max_new, threads, methods, command)
+    rd.create_run_dir(out, config_json, resume)
+    finished = {r.key: r for r in rd.read_samples(out)}
+    rd.prune_cycles(out, set(finished))
+    _warm_up(methods, loaded, suite, max_new, reserve)
+    log = rd.SampleLog(out)
+    total = len(methods) * sum(len(q.turns) for q in suite.questions)
+    done = 0
+    try:
+        for question in suite.questions:  # methods interleaved per question (DESIGN.md §7)
+            for method in methods:
+                answers: list[str] = []
+                for turn in range(len(question.turns)):
+                    key = (method.label, question.question_id, turn)
+                    record = finished.get(key)
+                    if record is None:
+                        record, gen = _run_turn(method, question, turn, answers, loaded, suite, max_new,
+                                                config.sampling, finished, reserve)
+                        log.append(record, gen.cycles)
+                        finished[key] = record
+                    answers.append(_answer_text(record))
+                    done += 1
+                    if progress:
+                        progress(done, total, method.label)
+    finally:
+        log.close()
+    provenance_json = provenance(loaded, threads, load_before, load_average(), command)
+    results = build_results(config_json, provenance_json, list(finished.values()), methods, loaded, suite,
+                            config.sampling)
+    rd.write_json(out / rd.RESULTS, results)
+    return results
+
+
+def _methods(config: RunConfig, loaded: LoadedTarget, clock: Clock) -> list[Method]:
+    target = loaded.target
+    methods = [_drafted(VANILLA, "baseline", DrafterSpec(VANILLA, VANILLA, None, None), config, target, clock)]
+    for spec in config.drafters:
+        if spec.name == VANILLA:
+            raise MethodError("vanilla always runs as the baseline; do not pass it as --drafter")
+        methods.append(_drafted(spec.label, "drafter", spec, config, target, clock))
+    for peer in ("hf-vanilla", *(p for p in config.peers if p != "hf-vanilla")):
+        methods.append(Method(peer, "peer", lambda p, n, s, r: hf_generate(target, p, n, config.sampling, s, clock)))
+    return methods
+
+
+def _drafted(label: str, kind: str, spec: DrafterSpec, config: RunConfig, target, clock: Clock) -> Method:
+    entry = DRAFTERS.get(spec.name)
+    tree = spec.tree or (config.tree if kind == "drafter" else None) or (entry.default_tree if entry else None)
+    settings = DrafterSettings(name=spec.name, tree=tree or TreeShape("chain", 1), checkpoint=spec.checkpoint,
+                               seed=config.sampling.seed)
+    drafter: Drafter = build_drafter(target, settings)
+
+    def run(prompt: list[int], max_new: int, seed: int, reference: tuple[int, ...] | None) -> Generation:
+        return generate(target, drafter, prompt, max_new, config.sampling, generator_for(seed), clock,
+                        reserve=settings.tree.max_nodes, reference=reference)
+
+    return Method(label, kind, run, tree if kind != "baseline" else None, drafter.parameter_count(),
+                  needs_reference=spec.name in ("oracle", "noisy-oracle"))
+
+
+def _sample_seed(seed: int, key: tuple[str, str, int]) -> int:
+    """Per-sample seed: a resumed run samples exactly what an uninterrupted one would."""
+    digest = hashlib.sha256(f"{seed}|{key[0]}|{key[1]}|{key[2]}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _answer_text(record: SampleRecord) -> str:
+    return record.output_text.strip()
+
+
+def _run_turn(method: Method, question: Question, turn: int, answers: list[str], loaded: LoadedTarget,
+              suite: Suite, max_new: int, sampling: SamplingConfig, finished: dict, reserve: int):
+    prompt = render(loaded.tokenizer, list(question.turns[: turn + 1]), answers, suite.system_prompt)
+    key = (method.label, question.question_id, turn)
+    reference = _reference(prompt, question, turn, loaded, suite, max_new, finished, reserve) \
+        if method.needs_reference else None
+    gen = method.run(prompt, max_new, _sample_seed(sampling.seed, key), reference)
+    text = loaded.tokenizer.decode(list(gen.ids), skip_special_tokens=True)
+    record = SampleRecord(method.label, question.question_id, turn, question.category, len(prompt), gen.ids, text,
+                          len(gen.ids), gen.wall_s, gen.prefill_s, len(gen.cycles),
+                          tuple(c.accepted for c in gen.cycles), gen.stop_reason)
+    return record, gen
+
+
+def _vanilla_prompt(question: Question, turn: int, loaded: LoadedTarget, suite: Suite, finished: dict) -> list[int] | None:
+    answers = []
+    for t in range(turn):
+        rec = finished.get((VANILLA, question.question_id, t))
+        if rec is None:
+            return None
+        answers.append(_answer_text(rec))
+    return render(loaded.tokenizer, list(question.turns[: turn + 1]), answers, suite.system_prompt)
+
+
+def _reference(prompt, question, turn, loaded, suite, max_new, finished, reserve) -> tuple[int, ...]:
+    """The greedy continuation of ``prompt``: vanilla's output when its context is the same, else an
+    untimed greedy decode (oracle drafters only)."""
+    vanilla = finished.get((VANILLA, question.question_id, turn))
+    if vanilla is not None and _vanilla_prompt(question, turn, loaded, suite, finished) == prompt:
+        return vanilla.output_ids
+    drafter = build_drafter(loaded.target, DrafterSettings(VANILLA, TreeShape("chain", 1)))
+    gen = generate(loaded.target, drafter, prompt, max_new, SamplingConfig(), generator_for(0),
+                   Clock(loaded.target.device), reserve=reserve)
+    return gen.ids
+
+
+def _warm_up(methods: list[Method], loaded: LoadedTarget, suite: Suite, max_new: int, reserve: int) -> None:
+    """Untimed: the first calls of a model pay for allocations and kernel selection."""
+    question = suite.questions[0]
+    prompt = render(loaded.tokenizer, [question.turns[0]], [], suite.system_prompt)
+    reference = None
+    for method in methods:
+        if method.needs_reference and reference is None:
+            reference = _reference(prompt, question, 0, loaded, suite, 16, {}, reserve)
+        method.run(prompt, min(16, max_new), 0, reference)
+
+
+def _tie_margins(method: str, samples: dict, loaded: LoadedTarget, suite_questions: dict, suite: Suite) -> dict:
+    """Vanilla's top-2 logit margin at the first divergent position of each differing sample."""
+    from .stats import first_divergence
+
+    margins = {}
+    for (label, qid, turn), rec in samples.items():
+        if label != method:
+            continue
+        van = samples.get((VANILLA, qid, turn))
+        if van is None or van.output_ids == rec.output_ids:
+            continue
+        question = suite_questions[qid]
+        prompt = render(loaded.tokenizer, list(question.turns[: turn + 1]),
+                        [_answer_text(samples[(method, qid, t)]) for t in range(turn)], suite.system_prompt)
+        if prompt != _vanilla_prompt(question, turn, loaded, suite, samples):
+            margins[(qid, turn)] = None  # the contexts differ already: an earlier turn diverged
+            continue
+        pos = first_divergence(van.output_ids, rec.output_ids)
+        out = loaded.target.prefill(torch.tensor(prompt + list(van.output_ids[:pos])))
+        top2 = out.logits[0].topk(2).values
+        margins[(qid, turn)] = float(top2[0] - top2[1])
+    return margins
+
+
+def build_results(config_json: dict, provenance_json: dict, samples: list[SampleRecord], methods: list[Method],
+                  loaded: LoadedTarget, suite: Suite, sampling: SamplingConfig) -> dict:
+    by_method: dict[str, list[SampleRecord]] = {}
+    for rec in samples:
+        by_method.setdefault(rec.method, []).append(rec)
+    keyed = {r.key: r for r in samples}
+    max_new = config_json["max_new_tokens"]
+    vanilla = by_method.get(VANILLA, [])
+    results = {"schema_version": rd.SCHEMA_VERSION, "config": config_json, "provenance": provenance_json,
+               "baseline": summarize(vanilla, max_new).to_json(), "drafters": {}, "peers": {}}
+    questions = {q.question_id: q for q in suite.questions}
+    for method in methods:
+        if method.kind == "baseline":
+            continue
+        own = by_method.get(method.label, [])
+        entry = summarize(own, max_new).to_json()
+        entry.update(compare(own, vanilla, seed=sampling.seed).to_json())
+        if sampling.is_greedy:
+            margins = _tie_margins(method.label, keyed, loaded, questions, suite)
+            entry.update(equality(own, vanilla, margins, TIE_THRESHOLD[loaded.dtype]).to_json())
+        if method.kind == "drafter":
+            entry["tree"] = method.tree.describe() if method.tree else None
+            entry["parameters"] = method.parameters
+            results["drafters"][method.label] = entry
+        else:
+            results["peers"][method.label] = entry
+    if "hf-vanilla" in results["peers"]:
+        hf = results["peers"]["hf-vanilla"]["tokens_per_s"]
+        results["baseline"]["vanilla_over_hf_vanilla"] = results["baseline"]["tokens_per_s"] / hf if hf else None
+    return results
+
+
+def _config_json(config: RunConfig, suite: Suite, loaded: LoadedTarget, max_new: int, threads: int,
+                 methods: list[Method], command: str) -> dict:
+    return {
+        "suite": suite.name,
+        "suite_source": suite.source,
+        "questions": len(suite.questions),
+        "limit": config.limit,
+        "target": loaded.name,
+        "target_source": loaded.source,
+        "dtype": loaded.dtype,
+        "dtype_reason": loaded.dtype_reason,
+        "device": loaded.device,
+        "threads": threads,
+        "max_new_tokens": max_new,
+        "sampling": asdict(config.sampling),
+        "warper_order": "temperature -> top_k -> top_p",
+        "system_prompt": suite.system_prompt,
+        "methods": {m.label: {"kind": m.kind, "tree": m.tree.describe() if m.tree else None} for m in methods},
+        "drafters": [asdict(d) | {"tree": d.tree.describe() if d.tree else None} for d in config.drafters],
+        "command": command,
+    }

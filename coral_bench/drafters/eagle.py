@@ -1,0 +1,253 @@
+"""The EAGLE-style drafter (EAGLE-2, HASS and CORAL checkpoints) and the EAGLE-2 dynamic tree.
+
+Bookkeeping follows METHODS.md §2 exactly. Drafter slot s has input (embed(x_{s+1}), f_s) and sits
+at RoPE position s; the cache holds slots built from real target features only:
+
+- ``begin``: runs slots 0…P−1 with (embed(x_1), f_0)…(embed(x_P), f_{P−1}), x_P = the first root.
+- ``commit``: stores the emitted tokens (a_1…a_L, b) and the target features of the accepted path
+  nodes (f_p…f_{p+L}); no forward.
+- ``propose(root)``: one forward over the L+1 stored slots, then the tree from the last slot's
+  output; tree entries are appended to the cache while expanding and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..target import Target, TargetOutput
+from ..tree import DraftTree, TreeShape, Verdict, forwards_for_depth
+from .base import DraftContext, DrafterError, DrafterSettings, generator_for
+from .checkpoint import load_checkpoint
+from .eagle_model import DraftKVCache, EagleConfig, EagleModel
+
+RANDOM_CHECKPOINT = "random"
+
+
+@dataclass(frozen=True)
+class EagleInfo:
+    """Where a drafter's weights came from (recorded with every run)."""
+
+    checkpoint: str | None  # folder, or None for random weights
+    embedding: str  # "target" or "checkpoint": whose token embedding the drafter uses
+    config: EagleConfig
+    metadata: dict[str, Any] = field(default_factory=dict)  # the checkpoint's coral_bench section
+    seed: int | None = None  # random weights only
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Every scored draft candidate of one EAGLE-2 tree, stored level by level (METHODS.md §3).
+
+    A parent is always stored before its children, so ties broken by index favour the parent.
+    """
+
+    tokens: torch.Tensor  # [C] int64
+    logprobs: torch.Tensor  # [C] float32+, the candidate's own draft log-prob
+    scores: torch.Tensor  # [C] float32+, cumulative log-prob along the root path
+    parents: torch.Tensor  # [C] int64 candidate index of the parent, -1 for children of the root
+
+
+def rerank(cand: Candidates, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """EAGLE-2 rerank: the ``keep`` best candidates by score, ties broken by candidate index.
+
+    Returns the chosen candidate indices in ascending order [M] (parents before children) and each
+    chosen node's parent as a node index of the final tree [M] (root = 0, chosen[j] = node j + 1).
+    Raises AssertionError if the chosen set is not connected (impossible when child scores never
+    exceed their parent's and parents precede children, which log-probs ≤ 0 guarantee).
+    """
+    count = cand.scores.shape[0]
+    keep = min(keep, count)
+    if keep == count:
+        chosen = torch.arange(count, device=cand.scores.device)
+    else:
+        # A stable descending sort keeps equal scores in index order: parents win ties (METHODS.md §3).
+        order = torch.sort(cand.scores, descending=True, stable=True).indices
+        chosen = torch.sort(order[:keep]).values  # [M] ascending = topological
+    par = cand.parents[chosen]  # [M] candidate index, -1 = root
+    slot = torch.searchsorted(chosen, par.clamp_min(0)).clamp_max(keep - 1)
+    connected = (par < 0) | (chosen[slot] == par)
+    if not bool(connected.all()):
+        raise AssertionError("EAGLE-2 rerank chose a candidate without its parent (tree not connected)")
+    node_parents = torch.where(par < 0, 0, slot + 1)
+    return chosen, node_parents
+
+
+def _top_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k tokens and their log-probs [..., k] without materialising a full log-softmax."""
+    vals, ids = logits.topk(k, dim=-1)
+    return vals - logits.logsumexp(dim=-1, keepdim=True), ids
+
+
+class EagleDrafter:
+    """EAGLE-style drafter over a target's frozen embedding and LM head (METHODS.md §2, §3)."""
+
+    def __init__(
+        self,
+        target: Target,
+        model: EagleModel,
+        settings: DrafterSettings,
+        info: EagleInfo,
+        embed_weight: torch.Tensor | None = None,  # [V, H] the checkpoint's embedding, if chosen
+    ):
+        self.target = target
+        self.model = model.eval()
+        self.settings = settings
+        self.info = info
+        self._embed_weight = embed_weight
+        self.cache = DraftKVCache()
+        self._root: int | None = None  # the root the next propose() must receive
+        self._last_hidden: torch.Tensor | None = None  # [H] output of the last cached slot
+        self._pending_tokens: tuple[int, ...] = ()  # x_{s+1} of the slots not yet run
+        self._pending_feats: torch.Tensor | None = None  # [L+1, H] f_s of those slots
+
+    # ---- protocol ----------------------------------------------------------------------------
+    def parameter_count(self) -> int:
+        """fc + decoder layer; the embedding and LM head are the target's (frozen)."""
+        return self.model.parameter_count()
+
+    @torch.inference_mode()
+    def begin(self, context: DraftContext) -> None:
+        prompt = context.prompt_ids
+        feats = context.prefill.features  # [P, H] f_0 … f_{P−1}
+        if not prompt or feats.shape[0] != len(prompt):
+            raise DrafterError(f"prefill features {tuple(feats.shape)} do not match a prompt of {len(prompt)} tokens")
+        self.cache.reset()
+        self._pending_tokens, self._pending_feats = (), None
+        # Slots 0…P−1: (embed(x_1), f_0) … (embed(x_P), f_{P−1}), x_P = the first root.
+        self._last_hidden = self._run_slots((*prompt[1:], context.first_token), feats)
+        self._root = context.first_token
+
+    @torch.inference_mode()
+    def propose(self, root: int) -> DraftTree:
+        if self._root is None:
+            raise DrafterError("propose() before begin()")
+        if root != self._root:
+            raise DrafterError(f"propose() got root {root}, but the last committed token is {self._root}")
+        if self._pending_tokens:
+            # The one forward over the L+1 slots accepted last cycle: (embed(a_1), f_p) … (embed(b), f_{p+L}).
+            self._last_hidden = self._run_slots(self._pending_tokens, self._pending_feats)
+            self._pending_tokens, self._pending_feats = (), None
+        return self._build_tree(root, self._last_hidden)
+
+    @torch.inference_mode()
+    def commit(self, verdict: Verdict, scored: TargetOutput) -> None:
+        if self._pending_tokens:
+            raise DrafterError("commit() twice without propose()")
+        if len(verdict.tokens) != len(verdict.path):
+            raise DrafterError(
+                f"verdict has {len(verdict.tokens)} tokens for a path of {len(verdict.path)} nodes "
+                "(expected the accepted tokens plus the bonus)"
+            )
+        path = torch.tensor(verdict.path, dtype=torch.long, device=scored.features.device)
+        self._pending_tokens = tuple(verdict.tokens)  # a_1 … a_L, b
+        self._pending_feats = scored.features.index_select(0, path)  # [L+1, H] f_p … f_{p+L}
+        self._root = verdict.bonus
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., H]
+        if self._embed_weight is None:
+            return self.target.embed(ids)
+        return F.embedding(ids, self._embed_weight)
+
+    def _run_slots(self, next_tokens: tuple[int, ...], feats: torch.Tensor) -> torch.Tensor:  # -> [H]
+        """Append real-feature slots to the cache; the output of the last one."""
+        device = feats.device
+        start = len(self.cache)
+        ids = torch.tensor(next_tokens, dtype=torch.long, device=device)
+        positions = torch.arange(start, start + len(next_tokens), device=device)
+        out = self.model(self._embed(ids)[None], feats[None].to(self.model.fc.weight.dtype),
+                         positions[None], cache=self.cache)
+        return out.hidden[0, -1]
+
+    def _build_tree(self, root: int, last_hidden: torch.Tensor) -> DraftTree:
+        """EAGLE-2 (METHODS.md §3); a chain is top-1 at every step."""
+        shape: TreeShape = self.settings.tree
+        chain = shape.kind == "chain"
+        vocab = self.target.vocab_size
+        k = 1 if chain else min(shape.top_k, vocab)
+        expansions = shape.depth - 1 if chain else shape.depth
+        device = last_hidden.device
+        base_len = len(self.cache)
+
+        # Level 1 from the last real slot's output. Log-probs and scores in fp32 at least.
+        lp, tok = _top_logprobs(self.target.logits_from_features(last_hidden[None])[0], k)  # [k]
+        tokens, logprobs, scores_all, parents = [tok], [lp], [lp], [torch.full((k,), -1, device=device)]
+        frontier_tok = tok  # [k]
+        frontier_score = lp  # [k]
+        frontier_cand = torch.arange(k, device=device)  # [k] candidate index of each frontier node
+        frontier_feat = last_hidden.expand(k, -1)  # [k, H] input feature: the parent's output
+        ancestors = torch.zeros(k, 0, dtype=torch.bool, device=device)  # [k, k(i−1)] in earlier frontiers
+        eye = torch.eye(k, dtype=torch.bool, device=device)
+        n_cand = k
+        try:
+            for i in range(1, expansions + 1):
+                # Expansion i: the frontier sits at position cache_len + i − 1 and sees the cache,
+                # its ancestor in each earlier frontier, and itself (METHODS.md §2).
+                tree_part = torch.cat((ancestors, eye), dim=1)  # [k, k·i]
+                mask = torch.ones(k, base_len + k * i, dtype=torch.bool, device=device)
+                mask[:, base_len:] = tree_part
+                positions = torch.full((1, k), base_len + i - 1, dtype=torch.long, device=device)
+                out = self.model(self._embed(frontier_tok)[None], frontier_feat[None], positions,
+                                 attn_mask=mask[None, None], cache=self.cache).hidden[0]  # [k, H]
+                child_lp, child_tok = _top_logprobs(self.target.logits_from_features(out), k)  # [k, k]
+                cum = (frontier_score[:, None] + child_lp).reshape(-1)  # [k·k], row = frontier node
+                tokens.append(child_tok.reshape(-1))
+                logprobs.append(child_lp.reshape(-1))
+                scores_all.append(cum)
+                parents.append(frontier_cand.repeat_interleave(k))
+                if i < expansions:  # the global top-k children become the next frontier
+                    sel = cum.topk(k).indices  # [k]
+                    rows = sel // k
+                    frontier_tok = child_tok.reshape(-1)[sel]
+                    frontier_score = cum[sel]
+                    frontier_cand = n_cand + sel
+                    frontier_feat = out[rows]
+                    ancestors = tree_part
+                n_cand += k * k
+        finally:
+            self.cache.truncate(base_len)  # tree entries never stay in the drafter cache
+
+        cand = Candidates(torch.cat(tokens), torch.cat(logprobs), torch.cat(scores_all), torch.cat(parents))
+        keep = cand.scores.shape[0] if chain else shape.total_tokens - 1
+        chosen, node_parents = rerank(cand, keep)
+        # Sibling tokens are distinct by construction: a node's children are one top-k row.
+        return DraftTree(
+            tokens=(root, *cand.tokens[chosen].tolist()),
+            parents=(-1, *node_parents.tolist()),
+            forwards=forwards_for_depth(expansions),
+            draft_logprobs=(0.0, *cand.logprobs[chosen].tolist()),
+        )
+
+
+def build_eagle(target: Target, settings: DrafterSettings, embedding: str = "target") -> EagleDrafter:
+    """Drafter factory: load ``settings.checkpoint`` (EAGLE/HASS/coral-bench format), or build random
+    weights shaped from the target's config when the checkpoint is None or ``"random"`` (tests and
+    latency profiling; seeded by ``settings.seed``).
+
+    ``embedding``: ``"target"`` (default) or ``"checkpoint"`` — whose token embedding to use when the
+    checkpoint carries a copy (validated to be the same up to dtype rounding).
+    """
+    if settings.checkpoint in (None, RANDOM_CHECKPOINT):
+        if embedding != "target":
+            raise DrafterError('a random-weight drafter has no embedding of its own: use embedding="target"')
+        config = EagleConfig.from_dict(
+            target.model.config.to_dict(),
+            vocab_size=target.vocab_size,
+            max_position_embeddings=target.max_context,
+        )
+        model = EagleModel(config)
+        model.init_random(generator_for(settings.seed))
+        model = model.to(device=target.device, dtype=target.dtype)
+        info = EagleInfo(checkpoint=None, embedding="target", config=config, seed=settings.seed)
+        return EagleDrafter(target, model, settings, info)
+    ckpt = load_checkpoint(settings.checkpoint, target.embedding_weight(), embedding=embedding)
+    model = ckpt.build_model(dtype=target.dtype, device=target.device)
+    embed = None
+    if ckpt.embedding == "checkpoint":
+        embed = ckpt.embed_tokens.to(device=target.device, dtype=target.dtype)
+    info = EagleInfo(checkpoint=ckpt.path, embedding=ckpt.embedding, config=ckpt.config, metadata=ckpt.metadata)
+    return EagleDrafter(target, model, settings, info, embed_weight=embed)

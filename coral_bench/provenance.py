@@ -1,0 +1,67 @@
+"""Provenance recorded beside every result: versions, git hash, machine, load, date, command."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+import transformers
+
+from .chat import template_hash
+from .clock import is_busy
+from .loading import LoadedTarget
+
+
+def git_hash() -> str | None:
+    """The commit of the coral-bench checkout, with ``-dirty`` when it has uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def coral_bench_version() -> str:
+    try:
+        return metadata.version("coral-bench")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cpu"):
+        return platform.processor() or platform.machine()
+    module = getattr(torch, device.split(":")[0], None)
+    return module.get_device_name() if module is not None and hasattr(module, "get_device_name") else device
+
+
+def provenance(loaded: LoadedTarget, threads: int, load_before: float, load_after: float, command: str) -> dict:
+    return {
+        "coral_bench_version": coral_bench_version(),
+        "git_hash": git_hash(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "device": loaded.device,
+        "device_name": device_name(loaded.device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_count": os.cpu_count(),
+        "dtype": loaded.dtype,
+        "threads": threads,
+        "chat_template_sha256": template_hash(loaded.tokenizer),
+        "load_average_before": round(load_before, 2),
+        "load_average_after": round(load_after, 2),
+        "busy_machine": is_busy(max(load_before, load_after), threads),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+    }
