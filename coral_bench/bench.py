@@ -169,7 +169,8 @@ def _run_turn(method: Method, question: Question, turn: int, answers: list[str],
     text = loaded.tokenizer.decode(list(gen.ids), skip_special_tokens=True)
     record = SampleRecord(method.label, question.question_id, turn, question.category, len(prompt), gen.ids, text,
                           len(gen.ids), gen.wall_s, gen.prefill_s, len(gen.cycles),
-                          tuple(c.accepted for c in gen.cycles), gen.stop_reason)
+                          tuple(c.accepted for c in gen.cycles), gen.stop_reason,
+                          tuple(c.expected_accepted for c in gen.cycles if c.expected_accepted is not None))
     return record, gen
 
 

@@ -57,6 +57,9 @@ class _Group(click.Group):
 @click.version_option(package_name="coral-bench")
 def main() -> None:
     """coral-bench: speculative decoding benchmarks and speedup analysis (EAGLE-2, HASS, CORAL)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bar is the one that matters
 
 
 def _tree(ctx, param, value):

@@ -16,7 +16,7 @@ from .drafters.base import DraftContext, Drafter
 from .records import STOP_EOS, STOP_LENGTH, CycleRecord
 from .sampling import SamplingConfig, sample, warp
 from .target import Target, TargetError
-from .verify import verify
+from .verify import expected_accepted, verify
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,11 @@ def generate(
     reserve: int = 1,
     reference: tuple[int, ...] | None = None,
 ) -> Generation:
-    """Generate one turn. ``reserve`` is the most tree nodes a cycle may add (context check)."""
+    """Generate one turn. ``reserve`` is the most tree nodes a cycle may add (context check).
+
+    At T > 0 each cycle also records the closed-form E[accepted] of its tree (METHODS.md §4); that
+    computation is excluded from every timing.
+    """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     need = len(prompt_ids) + max_new_tokens + reserve
@@ -67,6 +71,7 @@ def generate(
         return Generation(tuple(out), stop, clock.now() - start, prefill_s, ())
     drafter.begin(DraftContext(tuple(prompt_ids), out[0], prefill, reference))
     root = out[0]
+    untimed = 0.0  # seconds spent on measurement only (the closed-form expectation)
     while True:
         t0 = clock.now()
         tree = drafter.propose(root)
@@ -82,10 +87,14 @@ def generate(
             drafter.commit(verdict, scored)
             root = verdict.bonus
         t4 = clock.now()
+        expected = None
+        if not sampling.is_greedy:
+            expected = expected_accepted(tree, scored.logits, sampling)
+            untimed += clock.now() - t4
         cycles.append(CycleRecord(tree.size, tree.depth, tree.forwards, verdict.accepted, len(chunk),
-                                  t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+                                  t1 - t0, t2 - t1, t3 - t2, t4 - t3, expected))
         if stop is not None:
-            return Generation(tuple(out), stop, t4 - start, prefill_s, tuple(cycles))
+            return Generation(tuple(out), stop, t4 - start - untimed, prefill_s, tuple(cycles))
 
 
 def _cut(tokens: tuple[int, ...], eos: set[int], room: int) -> tuple[tuple[int, ...], str | None]:

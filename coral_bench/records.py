@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class CycleRecord:
     score_s: float  # target forward over the tree
     verify_s: float
     commit_s: float  # target + drafter commit
+    expected_accepted: float | None = None  # closed-form E[accepted] of the tree at T > 0 (METHODS.md §4)
 
 
 STOP_EOS = "eos"
@@ -41,6 +42,7 @@ class SampleRecord:
     cycles: int
     accepted: tuple[int, ...]  # accepted draft tokens per cycle
     stop_reason: str  # STOP_EOS or STOP_LENGTH
+    expected_accepted: tuple[float, ...] = ()  # per cycle, at T > 0 only
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -52,10 +54,11 @@ class SampleRecord:
     @classmethod
     def from_json(cls, data: dict) -> "SampleRecord":
         names = {f.name for f in fields(cls)}
-        missing = names - data.keys()
+        missing = {f.name for f in fields(cls) if f.default is MISSING} - data.keys()
         if missing:
             raise ValueError(f"sample record lacks {sorted(missing)}")
-        kw = {k: data[k] for k in names}
-        kw["output_ids"] = tuple(kw["output_ids"])
-        kw["accepted"] = tuple(kw["accepted"])
+        kw = {k: data[k] for k in names if k in data}
+        for name in ("output_ids", "accepted", "expected_accepted"):
+            if name in kw:
+                kw[name] = tuple(kw[name])
         return cls(**kw)

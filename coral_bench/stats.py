@@ -223,6 +223,8 @@ class MethodSummary:
     cut_tokens: int
     tau_pooled: float | None
     tau_per_question: float | None
+    tau_uncut: float | None  # (emitted + cut) / cycles: τ before the cut at EOS / max_new_tokens
+    tau_expected: float | None  # 1 + mean closed-form E[accepted] per cycle (T > 0 runs; METHODS.md §4)
     reach_by_depth: tuple[float, ...]  # [max accepted]
     reach_conditional: tuple[float, ...]  # [max accepted]
     accept_histogram: tuple[int, ...]  # [max accepted + 1]
@@ -249,6 +251,8 @@ class MethodSummary:
             "cut_tokens": self.cut_tokens,
             "tau_pooled": self.tau_pooled,
             "tau_per_question": self.tau_per_question,
+            "tau_uncut": self.tau_uncut,
+            "tau_expected": self.tau_expected,
             "reach_by_depth": list(self.reach_by_depth),
             "reach_conditional": list(self.reach_conditional),
             "accept_histogram": list(self.accept_histogram),
@@ -257,6 +261,14 @@ class MethodSummary:
             "by_category": {k: v.to_json() for k, v in sorted(self.by_category.items())},
             "by_turn": {str(k): v.to_json() for k, v in sorted(self.by_turn.items())},
         }
+
+
+def _tau_expected(samples: Sequence[SampleRecord]) -> float | None:
+    """1 + Σ E[accepted] / cycles, when every cycle recorded its closed-form expectation."""
+    cycles = sum(s.cycles for s in samples)
+    if not cycles or any(len(s.expected_accepted) != s.cycles for s in samples):
+        return None
+    return 1.0 + sum(sum(s.expected_accepted) for s in samples) / cycles
 
 
 def summarize(samples: Sequence[SampleRecord], max_new_tokens: int) -> MethodSummary:
@@ -312,6 +324,8 @@ def summarize(samples: Sequence[SampleRecord], max_new_tokens: int) -> MethodSum
         cut_tokens=sum(_cut_tokens(s) for s in samples),
         tau_pooled=_ratio(emitted, cycles),
         tau_per_question=float(np.mean(list(taus.values()))) if taus else None,
+        tau_uncut=_ratio(emitted + sum(_cut_tokens(s) for s in samples), cycles),
+        tau_expected=_tau_expected(samples),
         reach_by_depth=reach,
         reach_conditional=conditional,
         accept_histogram=tuple(int(c) for c in hist),

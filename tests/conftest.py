@@ -26,3 +26,7 @@ def target64(model64):
 @pytest.fixture
 def clock():
     return Clock(torch.device("cpu"))
+
+
+# Tiny models gain nothing from threads, and a busy machine makes multi-threaded tiny ops very slow.
+torch.set_num_threads(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import random
 
 import pytest
@@ -51,7 +53,7 @@ def test_layer_equals_hf_llama_layer_without_input_norm(rope):
     assert torch.equal(rotary.inv_freq.float(), rope_inv_freq(cfg))
 
     s = 7
-    torch.set_grad_enabled(False)
+    model.requires_grad_(False)
     emb, feat = torch.randn(2, 1, s, 64, dtype=torch.float64, generator=gen)
     pos = torch.arange(40, 40 + s)[None]  # beyond original_max_position_embeddings / factor: scaling matters
     ours = model(emb, feat, pos).hidden
@@ -70,7 +72,7 @@ def test_explicit_past_and_mask_equal_one_causal_forward():
     model = EagleModel(cfg)
     model.init_random(torch.Generator().manual_seed(0))
     model = model.double()
-    emb, feat = torch.randn(2, 2, 9, 32, dtype=torch.float64)
+    emb, feat = torch.randn(2, 2, 9, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     pos = torch.arange(9).expand(2, 9)
     full = model(emb, feat, pos)
     head = model(emb[:, :5], feat[:, :5], pos[:, :5])
@@ -78,6 +80,9 @@ def test_explicit_past_and_mask_equal_one_causal_forward():
     add.masked_fill_(~torch.ones(4, 9, dtype=torch.bool).tril(5), torch.finfo(torch.float64).min)
     tail = model(emb[:, 5:], feat[:, 5:], pos[:, 5:], past=head.kv, attn_mask=add[None, None])
     tail_default = model(emb[:, 5:], feat[:, 5:], pos[:, 5:], past=head.kv)
+    last = model(emb[:, 5:], feat[:, 5:], pos[:, 5:], past=head.kv, attn_mask=add[None, None], last_only=True)
+    torch.testing.assert_close(last.hidden, full.hidden[:, -1:], rtol=0, atol=1e-12)
+    torch.testing.assert_close(last.kv.keys, tail.kv.keys, rtol=0, atol=0)
     torch.testing.assert_close(tail.hidden, full.hidden[:, 5:], rtol=0, atol=1e-12)
     torch.testing.assert_close(tail_default.hidden, full.hidden[:, 5:], rtol=0, atol=1e-12)
     torch.testing.assert_close(head.kv.cat(tail.kv).keys, full.kv.keys, rtol=0, atol=1e-12)
@@ -181,6 +186,7 @@ def test_incremental_cache_equals_full_recompute(target64, tree):
         hidden, kv = full_forward(drafter, seq[1:], feats)
         cached = drafter.cache.view()
         assert cached.length == c  # tree entries were dropped again
+        torch.testing.assert_close(drafter._last_hidden, hidden[-1], rtol=0, atol=1e-9)
         torch.testing.assert_close(cached.keys, kv.keys, rtol=0, atol=1e-9)
         torch.testing.assert_close(cached.values, kv.values, rtol=0, atol=1e-9)
         assert_same_tree(tree, reference_tree(drafter, seq, feats, shape))
@@ -316,7 +322,7 @@ def test_protocol_misuse_is_refused(target64):
     with pytest.raises(DrafterError, match="twice"):
         drafter.commit(verdict, scored)
     with pytest.raises(DrafterError, match="random"):
-        build_eagle(target64, settings("chain:2"), embedding="checkpoint")
+        build_eagle(target64, dataclasses.replace(settings("chain:2"), embedding="checkpoint"))
 
 
 def test_random_weights_are_seeded_and_dtype_independent(target64):

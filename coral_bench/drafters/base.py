@@ -35,6 +35,7 @@ class DrafterSettings:
     tree: TreeShape
     checkpoint: str | None = None
     seed: int = 0
+    embedding: str = "target"  # EAGLE-style drafters: "target" or "checkpoint" token embedding (METHODS.md §2)
 
 
 class Drafter(Protocol):

@@ -182,12 +182,13 @@ def load_checkpoint(
     if misshaped:
         problems.append(f"mis-shaped keys {misshaped}")
 
+    fits_target = not problems  # hidden size and vocabulary agree
     embed = tensors.get(EMBED_KEY)
     if embed is not None and tuple(embed.shape) != tuple(target_embedding.shape):
         problems.append(
             f"{EMBED_KEY} has shape {tuple(embed.shape)}, the target's embedding {tuple(target_embedding.shape)}"
         )
-    elif embed is not None and not problems:
+    elif embed is not None:
         rel = embedding_difference(embed, target_embedding)
         if rel > EMBED_REL_TOL:
             problems.append(
@@ -203,7 +204,7 @@ def load_checkpoint(
         problems.append("the config's coral_bench section is not an object")
         section = {}
     stored_hash = section.get(HASH_KEY)
-    if stored_hash is not None and not problems and stored_hash != embedding_sha256(target_embedding):
+    if stored_hash is not None and fits_target and stored_hash != embedding_sha256(target_embedding):
         problems.append(
             "the drafter was trained with a different target embedding (the pairing hash in config.json "
             "does not match this target): likely another target or target version"
@@ -224,13 +225,15 @@ def embedding_difference(a: torch.Tensor, b: torch.Tensor, rows: int = 8192) -> 
 
     The denominator is floored at 1 % of mean |b| so that near-zero entries do not dominate.
     """
-    floor = max(float(b.detach().float().abs().mean()) * 1e-2, torch.finfo(torch.float32).tiny)
+    def chunks(t: torch.Tensor):  # blocks of rows, not a loop over tokens
+        for start in range(0, t.shape[0], rows):
+            yield t[start : start + rows].detach().to("cpu", torch.float32)
+
+    total = sum(float(bb.abs().sum()) for bb in chunks(b))
+    floor = max(total / max(b.numel(), 1) * 1e-2, torch.finfo(torch.float32).tiny)
     worst = 0.0
-    for start in range(0, b.shape[0], rows):  # chunks of rows, not a loop over tokens
-        bb = b[start : start + rows].detach().to("cpu", torch.float32)
-        aa = a[start : start + rows].detach().to("cpu", torch.float32)
-        rel = (aa - bb).abs() / bb.abs().clamp_min(floor)
-        worst = max(worst, float(rel.max()))
+    for aa, bb in zip(chunks(a), chunks(b)):
+        worst = max(worst, float(((aa - bb).abs() / bb.abs().clamp_min(floor)).max()))
     return worst
 
 

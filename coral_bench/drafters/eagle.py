@@ -22,7 +22,7 @@ from ..target import Target, TargetOutput
 from ..tree import DraftTree, TreeShape, Verdict, forwards_for_depth
 from .base import DraftContext, DrafterError, DrafterSettings, generator_for
 from .checkpoint import load_checkpoint
-from .eagle_model import DraftKVCache, EagleConfig, EagleModel
+from .eagle_model import DraftKVCache, EagleConfig, EagleConfigError, EagleModel
 
 RANDOM_CHECKPOINT = "random"
 
@@ -160,7 +160,7 @@ class EagleDrafter:
         ids = torch.tensor(next_tokens, dtype=torch.long, device=device)
         positions = torch.arange(start, start + len(next_tokens), device=device)
         out = self.model(self._embed(ids)[None], feats[None].to(self.model.fc.weight.dtype),
-                         positions[None], cache=self.cache)
+                         positions[None], cache=self.cache, last_only=True)
         return out.hidden[0, -1]
 
     def _build_tree(self, root: int, last_hidden: torch.Tensor) -> DraftTree:
@@ -206,7 +206,7 @@ class EagleDrafter:
                     frontier_score = cum[sel]
                     frontier_cand = n_cand + sel
                     frontier_feat = out[rows]
-                    ancestors = tree_part
+                    ancestors = tree_part[rows]
                 n_cand += k * k
         finally:
             self.cache.truncate(base_len)  # tree entries never stay in the drafter cache
@@ -223,22 +223,26 @@ class EagleDrafter:
         )
 
 
-def build_eagle(target: Target, settings: DrafterSettings, embedding: str = "target") -> EagleDrafter:
+def build_eagle(target: Target, settings: DrafterSettings) -> EagleDrafter:
     """Drafter factory: load ``settings.checkpoint`` (EAGLE/HASS/coral-bench format), or build random
     weights shaped from the target's config when the checkpoint is None or ``"random"`` (tests and
     latency profiling; seeded by ``settings.seed``).
 
-    ``embedding``: ``"target"`` (default) or ``"checkpoint"`` — whose token embedding to use when the
-    checkpoint carries a copy (validated to be the same up to dtype rounding).
+    ``settings.embedding``: ``"target"`` (default) or ``"checkpoint"`` — whose token embedding to use
+    when the checkpoint carries a copy (validated to be the same up to dtype rounding).
     """
+    embedding = settings.embedding
     if settings.checkpoint in (None, RANDOM_CHECKPOINT):
         if embedding != "target":
             raise DrafterError('a random-weight drafter has no embedding of its own: use embedding="target"')
-        config = EagleConfig.from_dict(
-            target.model.config.to_dict(),
-            vocab_size=target.vocab_size,
-            max_position_embeddings=target.max_context,
-        )
+        try:
+            config = EagleConfig.from_dict(
+                target.model.config.to_dict(),
+                vocab_size=target.vocab_size,
+                max_position_embeddings=target.max_context,
+            )
+        except EagleConfigError as err:
+            raise DrafterError(f"cannot shape a drafter for {target.name}: {err}") from None
         model = EagleModel(config)
         model.init_random(generator_for(settings.seed))
         model = model.to(device=target.device, dtype=target.dtype)

@@ -298,14 +298,19 @@ class EagleAttention(nn.Module):
         past: KVBlock | None,
         attn_mask: torch.Tensor | None,  # [B|1, 1, S, K + S] bool or additive
         cache: DraftKVCache | None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, KVBlock]:
         b, s, _ = x.shape
         c = self.config
-        q = self.q_proj(x).view(b, s, c.num_attention_heads, c.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, c.num_key_value_heads, c.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, s, c.num_key_value_heads, c.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
+        if last_only:  # keys/values for every row, the query (and all that follows) for the last only
+            x, cos, sin = x[:, -1:], cos[:, :, -1:], sin[:, :, -1:]
+            attn_mask = None if attn_mask is None else attn_mask[..., -1:, :]
+        sq = x.shape[1]
+        q = self.q_proj(x).view(b, sq, c.num_attention_heads, c.head_dim).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
         new = KVBlock(k, v)
         if cache is not None:  # append first, then attend over the buffer view: no copy of the cache
             cache.append(new)
@@ -314,16 +319,16 @@ class EagleAttention(nn.Module):
             kv = new if past is None else past.cat(new)
         k_len = kv.length
         is_causal = False
-        if attn_mask is None and s > 1:
-            if k_len == s:
+        if attn_mask is None and sq > 1:
+            if k_len == sq:
                 is_causal = True
             else:  # causal among the new rows, every earlier key visible
-                attn_mask = torch.ones(s, k_len, dtype=torch.bool, device=x.device).tril(k_len - s)
+                attn_mask = torch.ones(sq, k_len, dtype=torch.bool, device=x.device).tril(k_len - sq)
         out = F.scaled_dot_product_attention(
             q, kv.keys, kv.values, attn_mask=attn_mask, is_causal=is_causal,
             enable_gqa=c.num_key_value_heads != c.num_attention_heads,
         )  # [B, heads, S, head_dim]
-        return self.o_proj(out.transpose(1, 2).reshape(b, s, c.q_size)), new
+        return self.o_proj(out.transpose(1, 2).reshape(b, sq, c.q_size)), new
 
 
 class EagleMLP(nn.Module):
@@ -346,9 +351,9 @@ class EagleDecoderLayer(nn.Module):
         self.mlp = EagleMLP(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, past, attn_mask, cache) -> tuple[torch.Tensor, KVBlock]:
-        attn, kv = self.self_attn(x, cos, sin, past, attn_mask, cache)
-        x = x + attn
+    def forward(self, x, cos, sin, past, attn_mask, cache, last_only=False) -> tuple[torch.Tensor, KVBlock]:
+        attn, kv = self.self_attn(x, cos, sin, past, attn_mask, cache, last_only)
+        x = (x[:, -1:] if last_only else x) + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, kv
 
@@ -357,7 +362,7 @@ class EagleDecoderLayer(nn.Module):
 class EagleOutput:
     """One drafter forward."""
 
-    hidden: torch.Tensor  # [B, S, H] predicted features f̂_{s+1} (no final norm; feed the target's LM head)
+    hidden: torch.Tensor  # [B, S, H] (S = 1 with last_only) predicted features f̂_{s+1} (no final norm; feed the target's LM head)
     kv: KVBlock  # keys/values of the S new slots, [B, kv_heads, S, head_dim]
 
 
@@ -386,6 +391,7 @@ class EagleModel(nn.Module):
         past: KVBlock | None = None,  # earlier keys/values (already rotated at their own positions)
         attn_mask: torch.Tensor | None = None,  # [B|1, 1, S, K + S]
         cache: DraftKVCache | None = None,
+        last_only: bool = False,
     ) -> EagleOutput:
         """Run S new slots.
 
@@ -393,12 +399,15 @@ class EagleModel(nn.Module):
         ``attn_mask`` is boolean (True = may attend) or additive float (0 / large negative; never
         1/0); None means every earlier key is visible and the new slots are causal among themselves.
         With ``cache`` the new keys/values are appended to it (``past`` must then be None).
+        ``last_only`` computes the output of the last slot only ([B, 1, H]; keys/values still for all
+        S): a slot's output depends on its own query alone, so inference, which needs only the last
+        output, skips attention and MLP for the other rows (drafter prefill, first forward of a cycle).
         """
         if cache is not None and past is not None:
             raise ValueError("give either past or cache, not both")
         cos, sin = self.rope(positions, emb.dtype)
         x = self.fc(torch.cat((emb, feat), dim=-1))  # embedding first, feature second (METHODS.md §2)
-        x, kv = self.layers[0](x, cos, sin, past, attn_mask, cache)
+        x, kv = self.layers[0](x, cos, sin, past, attn_mask, cache, last_only)
         return EagleOutput(hidden=x, kv=kv)
 
     @torch.no_grad()

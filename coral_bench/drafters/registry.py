@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..target import Target
 from ..tree import TreeShape
 from .base import Drafter, DrafterError, DrafterFactory, DrafterSettings
+from .eagle import build_eagle
 from .oracle import build_noisy_oracle, build_oracle
 from .prompt_lookup import build_prompt_lookup
 from .vanilla import build_vanilla
@@ -34,10 +35,6 @@ def _entries() -> dict[str, DrafterEntry]:
         "oracle": DrafterEntry(build_oracle, CPU_TREE, "the target's own greedy continuation: upper bound (test)"),
         "noisy-oracle": DrafterEntry(build_noisy_oracle, CPU_TREE, "random trees around the truth (test)"),
     }
-    try:
-        from .eagle import build_eagle
-    except ImportError:  # the EAGLE drafter module is optional while it is being built
-        return entries
     eagle_like = {
         "eagle": "EAGLE-style drafter (random weights without a checkpoint)",
         "eagle2": "EAGLE-2 drafter: EAGLE single-step training, dynamic tree",
