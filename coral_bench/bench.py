@@ -24,6 +24,7 @@ from .loading import LoadedTarget, load_target
 from .methods import DrafterSpec, MethodError, check_unique
 from .peers import PEERS, PeerError, hf_generate
 from .provenance import provenance
+from .reference import GreedyReference
 from .records import SampleRecord
 from .sampling import SamplingConfig
 from .stats import compare, equality, summarize
@@ -62,7 +63,7 @@ class RunConfig:
 class Method:
     label: str
     kind: str  # "baseline", "drafter" or "peer"
-    run: Callable[[list[int], int, int, tuple[int, ...] | None], Generation]  # (prompt, max_new, seed, ref)
+    run: Callable[[list[int], int, int, GreedyReference | None], Generation]  # (prompt, max_new, seed, reference)
     tree: TreeShape | None = None
     parameters: int = 0
     needs_reference: bool = False
@@ -88,12 +89,11 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     max_new = config.max_new_tokens or suite.max_new_tokens
     clock = Clock(loaded.target.model.device)
     methods = _methods(config, loaded, clock)
-    reserve = max((m.tree.max_nodes for m in methods if m.tree), default=1)
     config_json = _config_json(config, suite, loaded, max_new, threads, methods, command)
     rd.create_run_dir(out, config_json, resume)
     finished = {r.key: r for r in rd.read_samples(out)}
     rd.prune_cycles(out, set(finished))
-    _warm_up(methods, loaded, suite, max_new, reserve)
+    _warm_up(methods, loaded, suite, max_new)
     log = rd.SampleLog(out)
     total = len(methods) * sum(len(q.turns) for q in suite.questions)
     done = 0
@@ -106,7 +106,7 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
                     record = finished.get(key)
                     if record is None:
                         record, gen = _run_turn(method, question, turn, answers, loaded, suite, max_new,
-                                                config.sampling, finished, reserve)
+                                                config.sampling, finished)
                         log.append(record, gen.cycles)
                         finished[key] = record
                     answers.append(_answer_text(record))
@@ -141,7 +141,7 @@ def _drafted(label: str, kind: str, spec: DrafterSpec, config: RunConfig, target
                                seed=config.sampling.seed)
     drafter: Drafter = build_drafter(target, settings)
 
-    def run(prompt: list[int], max_new: int, seed: int, reference: tuple[int, ...] | None) -> Generation:
+    def run(prompt: list[int], max_new: int, seed: int, reference: GreedyReference | None) -> Generation:
         return generate(target, drafter, prompt, max_new, config.sampling, generator_for(seed), clock,
                         reserve=settings.tree.max_nodes, reference=reference)
 
@@ -160,11 +160,10 @@ def _answer_text(record: SampleRecord) -> str:
 
 
 def _run_turn(method: Method, question: Question, turn: int, answers: list[str], loaded: LoadedTarget,
-              suite: Suite, max_new: int, sampling: SamplingConfig, finished: dict, reserve: int):
+              suite: Suite, max_new: int, sampling: SamplingConfig, finished: dict):
     prompt = render(loaded.tokenizer, list(question.turns[: turn + 1]), answers, suite.system_prompt)
     key = (method.label, question.question_id, turn)
-    reference = _reference(prompt, question, turn, loaded, suite, max_new, finished, reserve) \
-        if method.needs_reference else None
+    reference = _reference(prompt, question, turn, loaded, suite, finished) if method.needs_reference else None
     gen = method.run(prompt, max_new, _sample_seed(sampling.seed, key), reference)
     text = loaded.tokenizer.decode(list(gen.ids), skip_special_tokens=True)
     record = SampleRecord(method.label, question.question_id, turn, question.category, len(prompt), gen.ids, text,
@@ -184,34 +183,34 @@ def _vanilla_prompt(question: Question, turn: int, loaded: LoadedTarget, suite: 
     return render(loaded.tokenizer, list(question.turns[: turn + 1]), answers, suite.system_prompt)
 
 
-def _reference(prompt, question, turn, loaded, suite, max_new, finished, reserve) -> tuple[int, ...]:
-    """The greedy continuation of ``prompt``: vanilla's output when its context is the same, else an
-    untimed greedy decode (oracle drafters only)."""
+def _reference(prompt: list[int], question: Question, turn: int, loaded: LoadedTarget, suite: Suite,
+               finished: dict) -> GreedyReference:
+    """Greedy continuations for oracle drafters, seeded with vanilla's output when its context is the same."""
+    reference = GreedyReference(loaded.target)
     vanilla = finished.get((VANILLA, question.question_id, turn))
     if vanilla is not None and _vanilla_prompt(question, turn, loaded, suite, finished) == prompt:
-        return vanilla.output_ids
-    drafter = build_drafter(loaded.target, DrafterSettings(VANILLA, TreeShape("chain", 1)))
-    gen = generate(loaded.target, drafter, prompt, max_new, SamplingConfig(), generator_for(0),
-                   Clock(loaded.target.device), reserve=reserve)
-    return gen.ids
+        reference.add(prompt, vanilla.output_ids)
+    return reference
 
 
-def _warm_up(methods: list[Method], loaded: LoadedTarget, suite: Suite, max_new: int, reserve: int) -> None:
+def _warm_up(methods: list[Method], loaded: LoadedTarget, suite: Suite, max_new: int) -> None:
     """Untimed: the first calls of a model pay for allocations and kernel selection."""
     question = suite.questions[0]
     prompt = render(loaded.tokenizer, [question.turns[0]], [], suite.system_prompt)
-    reference = None
     for method in methods:
-        if method.needs_reference and reference is None:
-            reference = _reference(prompt, question, 0, loaded, suite, 16, {}, reserve)
+        reference = GreedyReference(loaded.target) if method.needs_reference else None
         method.run(prompt, min(16, max_new), 0, reference)
 
 
-def _tie_margins(method: str, samples: dict, loaded: LoadedTarget, suite_questions: dict, suite: Suite) -> dict:
-    """Vanilla's top-2 logit margin at the first divergent position of each differing sample."""
+def _tie_margins(method: str, samples: dict, loaded: LoadedTarget, suite_questions: dict,
+                 suite: Suite) -> tuple[dict, dict]:
+    """Vanilla's top-2 logit margin at the first divergent position of each differing sample, and a
+    per-sample tie bound of two units in the last place of the top logit in the working dtype: logits
+    from a bf16 LM head are rounded to that grid, and a tree forward may round them differently
+    from a one-row step (METHODS.md §4)."""
     from .stats import first_divergence
 
-    margins = {}
+    margins, bounds = {}, {}
     for (label, qid, turn), rec in samples.items():
         if label != method:
             continue
@@ -228,7 +227,16 @@ def _tie_margins(method: str, samples: dict, loaded: LoadedTarget, suite_questio
         out = loaded.target.prefill(torch.tensor(prompt + list(van.output_ids[:pos])))
         top2 = out.logits[0].topk(2).values
         margins[(qid, turn)] = float(top2[0] - top2[1])
-    return margins
+        bounds[(qid, turn)] = 2 * _ulp(float(top2[0]), loaded.target.dtype)
+    return margins, bounds
+
+
+def _ulp(value: float, dtype: torch.dtype) -> float:
+    """Spacing of ``dtype`` numbers at ``value``'s magnitude."""
+    import math
+
+    mantissa_bits = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23, torch.float64: 52}[dtype]
+    return 2.0 ** (math.floor(math.log2(max(abs(value), 1e-30))) - mantissa_bits)
 
 
 def build_results(config_json: dict, provenance_json: dict, samples: list[SampleRecord], methods: list[Method],
@@ -249,8 +257,8 @@ def build_results(config_json: dict, provenance_json: dict, samples: list[Sample
         entry = summarize(own, max_new).to_json()
         entry.update(compare(own, vanilla, seed=sampling.seed).to_json())
         if sampling.is_greedy:
-            margins = _tie_margins(method.label, keyed, loaded, questions, suite)
-            entry.update(equality(own, vanilla, margins, TIE_THRESHOLD[loaded.dtype]).to_json())
+            margins, bounds = _tie_margins(method.label, keyed, loaded, questions, suite)
+            entry.update(equality(own, vanilla, margins, TIE_THRESHOLD[loaded.dtype], bounds).to_json())
         if method.kind == "drafter":
             entry["tree"] = method.tree.describe() if method.tree else None
             entry["parameters"] = method.parameters

@@ -8,6 +8,7 @@ exactly ``max_new_tokens``; both sides count the same emitted tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -45,12 +46,12 @@ def generate(
     generator: torch.Generator,
     clock: Clock,
     reserve: int = 1,
-    reference: tuple[int, ...] | None = None,
+    reference: Callable[[tuple[int, ...], int], tuple[int, ...]] | None = None,
 ) -> Generation:
     """Generate one turn. ``reserve`` is the most tree nodes a cycle may add (context check).
 
-    At T > 0 each cycle also records the closed-form E[accepted] of its tree (METHODS.md §4); that
-    computation is excluded from every timing.
+    At T > 0 each cycle also records the closed-form E[accepted] of its tree (METHODS.md §4). That and
+    ``reference`` (the oracle drafters' untimed greedy continuation) are excluded from every timing.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
@@ -69,13 +70,23 @@ def generate(
     if out[0] in eos or max_new_tokens == 1:
         stop = STOP_EOS if out[0] in eos else STOP_LENGTH
         return Generation(tuple(out), stop, clock.now() - start, prefill_s, ())
-    drafter.begin(DraftContext(tuple(prompt_ids), out[0], prefill, reference))
+    untimed = 0.0  # seconds spent on measurement only: excluded from wall and cycle times
+
+    def untimed_reference(context: tuple[int, ...], n: int) -> tuple[int, ...]:
+        nonlocal untimed
+        t = clock.now()
+        tail = reference(context, n)
+        untimed += clock.now() - t
+        return tail
+
+    drafter.begin(DraftContext(tuple(prompt_ids), out[0], prefill, untimed_reference if reference else None))
     root = out[0]
-    untimed = 0.0  # seconds spent on measurement only (the closed-form expectation)
     while True:
+        untimed_before = untimed
         t0 = clock.now()
         tree = drafter.propose(root)
         t1 = clock.now()
+        draft_s = t1 - t0 - (untimed - untimed_before)
         scored = target.score(tree)
         t2 = clock.now()
         verdict = verify(tree, scored.logits, sampling, generator)
@@ -87,14 +98,15 @@ def generate(
             drafter.commit(verdict, scored)
             root = verdict.bonus
         t4 = clock.now()
+        elapsed = t4 - start - untimed
         expected = None
         if not sampling.is_greedy:
             expected = expected_accepted(tree, scored.logits, sampling)
             untimed += clock.now() - t4
         cycles.append(CycleRecord(tree.size, tree.depth, tree.forwards, verdict.accepted, len(chunk),
-                                  t1 - t0, t2 - t1, t3 - t2, t4 - t3, expected))
+                                  draft_s, t2 - t1, t3 - t2, t4 - t3, expected))
         if stop is not None:
-            return Generation(tuple(out), stop, t4 - start - untimed, prefill_s, tuple(cycles))
+            return Generation(tuple(out), stop, elapsed, prefill_s, tuple(cycles))
 
 
 def _cut(tokens: tuple[int, ...], eos: set[int], room: int) -> tuple[tuple[int, ...], str | None]:

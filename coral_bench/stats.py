@@ -491,16 +491,19 @@ def paired_difference(
 class Divergence:
     """A paired sample whose output differs from vanilla's, from ``position`` on.
 
-    ``margin`` is vanilla's top-2 logit margin at that position (None: not known).
+    ``margin`` is vanilla's top-2 logit margin at that position (None: not known); ``bound`` the tie
+    bound it was compared with.
     """
 
     question_id: str
     turn: int
     position: int
     margin: float | None
+    bound: float | None = None
 
     def to_json(self) -> dict:
-        return {"question_id": self.question_id, "turn": self.turn, "position": self.position, "margin": self.margin}
+        return {"question_id": self.question_id, "turn": self.turn, "position": self.position, "margin": self.margin,
+                "bound": self.bound}
 
 
 @dataclass(frozen=True)
@@ -537,12 +540,15 @@ def equality(
     vanilla: Sequence[SampleRecord],
     tie_margins: Mapping[tuple[str, int], float | None],
     tie_threshold: float,
+    tie_bounds: Mapping[tuple[str, int], float] | None = None,
 ) -> Equality:
     """Compare outputs of samples paired by (question_id, turn) (METHODS.md §4).
 
     ``tie_margins[(question_id, turn)]`` is vanilla's top-2 logit margin at the first divergent
     position, measured by the caller (this module never runs a model); a missing key or None means
     unknown, which counts as a mismatch: only a known small margin excuses a difference.
+    ``tie_bounds`` optionally gives a per-sample bound (e.g. a few ULPs of a bf16 logit's magnitude)
+    that replaces ``tie_threshold`` where it is larger.
     """
     pairs, _, _ = _pairs(spec, vanilla)
     if not pairs:
@@ -554,8 +560,9 @@ def equality(
         if pos is None:
             continue
         margin = tie_margins.get((s.question_id, s.turn))
-        d = Divergence(s.question_id, s.turn, pos, None if margin is None else float(margin))
-        (ties if margin is not None and margin < tie_threshold else mismatches).append(d)
+        bound = max(tie_threshold, (tie_bounds or {}).get((s.question_id, s.turn), 0.0))
+        d = Divergence(s.question_id, s.turn, pos, None if margin is None else float(margin), float(bound))
+        (ties if margin is not None and margin < bound else mismatches).append(d)
     identical = len(pairs) - len(ties) - len(mismatches)
     return Equality(
         pairs=len(pairs),

@@ -27,6 +27,14 @@ class TargetOutput:
     features: torch.Tensor  # [N, H] model dtype, the input of lm_head (after the final norm)
 
 
+@dataclass(frozen=True)
+class EarlyExitDraft:
+    """A greedy chain drafted by the target's first layers (``Target.early_exit_chain``)."""
+
+    tokens: tuple[int, ...]  # [K] drafted tokens, each the argmax of the row before it
+    logits: torch.Tensor  # [K, V] float32 (float64 for a float64 model): row i predicts tokens[i]
+
+
 class Target:
     """Wraps an HF causal LM (batch size 1) and owns its KV cache.
 
@@ -168,3 +176,80 @@ class Target:
         mask = torch.zeros(n, prefix + n, dtype=self.dtype)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         return mask.to(self.device).view(1, 1, n, prefix + n)
+
+    # ---- early exit (self-speculation) -------------------------------------------------------
+    # The first N decoder layers, the final norm and the LM head, run over the target's own KV cache:
+    # the keys and values of layers 0…N−1 at committed positions are exactly what an early-exit
+    # model with the same weights would compute for them (LayerSkip-style cache reuse), so the
+    # drafter needs no prefill and no cache of its own. Its entries are removed before returning.
+
+    @torch.inference_mode()
+    def early_exit_chain(self, root: int, layers: int, length: int) -> EarlyExitDraft:
+        """Draft ``length`` tokens greedily after ``root`` from the first ``layers`` decoder layers.
+
+        Call between ``commit`` (or ``prefill``) and ``score``: ``root`` sits at position
+        ``cache_len``, draft i at ``cache_len + i + 1``. ``length`` sequential one-token forwards of
+        ``layers`` layers; the cache is left exactly as it was (also when a forward raises).
+        """
+        if self._cache is None:
+            raise TargetError("early_exit_chain() before prefill()")
+        if self._pending:
+            raise TargetError("early_exit_chain() between score() and commit()")
+        if not 1 <= layers <= self.num_layers:
+            raise TargetError(f"early exit after {layers} layers: {self.name} has {self.num_layers}")
+        if length < 1:
+            raise TargetError("early_exit_chain() needs length >= 1")
+        prefix = self.cache_len
+        if prefix + length > self.max_context:
+            raise TargetError(f"context of {prefix + length} tokens exceeds the target's {self.max_context}")
+        tokens: list[int] = []
+        rows: list[torch.Tensor] = []
+        token = root
+        try:
+            for i in range(length):
+                features = self._early_exit_step(token, prefix + i, layers, self._cache)  # [1, H]
+                rows.append(self.logits_from_features(features)[0])
+                token = int(rows[-1].argmax())
+                tokens.append(token)
+        finally:
+            # Crop every touched layer back to the committed prefix: a forward that raised part-way
+            # leaves layers with different lengths, and each must lose exactly its own extra entries.
+            for layer in self._cache.layers[:layers]:
+                extra = layer.get_seq_length() - prefix
+                if extra > 0:
+                    layer.crop(-extra)
+        return EarlyExitDraft(tokens=tuple(tokens), logits=torch.stack(rows))
+
+    @torch.inference_mode()
+    def early_exit_check(self, probe: int = 4) -> None:
+        """Refuse model families whose decoder forward is not embed → layers → norm (e.g. Gemma's
+        embedding scale): with all layers, the one-token early-exit loop must reproduce the
+        model's own forward on a short probe, or its drafts would be silently worse than they should."""
+        base = self.model.base_model
+        if not all(hasattr(base, name) for name in ("layers", "norm", "rotary_emb")):
+            raise TargetError(f"{self.name}: early exit needs a Llama-style decoder (layers, norm, rotary_emb)")
+        ids = (torch.arange(probe, device=self.device) * 7 + 3) % self.vocab_size  # [probe] arbitrary tokens
+        want = base(input_ids=ids.view(1, -1), use_cache=False).last_hidden_state[0]  # [probe, H]
+        cache = DynamicCache(config=self.model.config)
+        got = torch.cat([self._early_exit_step(int(t), i, self.num_layers, cache) for i, t in enumerate(ids)])
+        error = float((got - want).float().norm() / want.float().norm().clamp_min(1e-12))
+        tolerance = 5e-2 if self.dtype in (torch.bfloat16, torch.float16) else 1e-4
+        if not error <= tolerance:
+            raise TargetError(f"{self.name}: early exit needs a plain embed → layers → norm forward; this model's "
+                              f"differs (relative error {error:.2g} with all layers)")
+
+    def _early_exit_step(self, token: int, position: int, layers: int, cache: DynamicCache) -> torch.Tensor:  # [1, H]
+        """One token through the first ``layers`` decoder layers and the final norm, appended to ``cache``.
+
+        A single query attends to every cached key, so no mask is needed (any attention backend).
+        """
+        base = self.model.base_model
+        ids = torch.tensor([[token]], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[position]], dtype=torch.long, device=self.device)
+        hidden = self.model.get_input_embeddings()(ids)  # [1, 1, H]
+        rotary = base.rotary_emb(hidden, position_ids=positions)
+        for layer in base.layers[:layers]:
+            out = layer(hidden, attention_mask=None, position_ids=positions, cache=cache, use_cache=True,
+                        position_embeddings=rotary)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return base.norm(hidden)[0]

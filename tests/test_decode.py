@@ -8,6 +8,7 @@ from coral_bench.decode import generate
 from coral_bench.drafters.base import DrafterSettings, generator_for
 from coral_bench.drafters.registry import DRAFTERS, build_drafter
 from coral_bench.records import STOP_EOS, STOP_LENGTH
+from coral_bench.reference import GreedyReference
 from coral_bench.sampling import SamplingConfig
 from coral_bench.target import Target, TargetError
 from coral_bench.tiny import tiny_model
@@ -18,10 +19,15 @@ PROMPTS = ["Tell me a story about a cat.", "What is 2 + 2? Explain step by step.
 
 
 def _run(target, clock, name, prompt_ids, max_new=40, tree=None, reference=None, seed=0):
+    """``reference``: vanilla's output ids for this prompt (oracle drafters)."""
     settings = DrafterSettings(name=name, tree=tree or DRAFTERS[name].default_tree, seed=seed)
     drafter = build_drafter(target, settings)
+    greedy = None
+    if reference is not None:
+        greedy = GreedyReference(target)
+        greedy.add(prompt_ids, reference)
     return generate(target, drafter, prompt_ids, max_new, GREEDY, generator_for(seed), clock,
-                    reserve=settings.tree.max_nodes, reference=reference)
+                    reserve=settings.tree.max_nodes, reference=greedy)
 
 
 @pytest.fixture(params=PROMPTS)

@@ -300,7 +300,7 @@ def test_equality_with_ties_and_mismatches():
     assert [(m.question_id, m.position, m.margin) for m in r.mismatches] == [
         ("q3", 1, 0.5), ("q4", 0, None), ("q5", 2, None)]
     data = json.loads(json.dumps(r.to_json(), allow_nan=False))
-    assert data["ties"] == [{"question_id": "q2", "turn": 0, "position": 3, "margin": 1e-5}]
+    assert data["ties"] == [{"question_id": "q2", "turn": 0, "position": 3, "margin": 1e-5, "bound": 1e-4}]
 
 
 def test_percentiles():
@@ -312,3 +312,11 @@ def test_percentiles():
 def test_stats_does_not_import_torch():
     code = "import sys, coral_bench.stats; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+def test_per_sample_tie_bounds_widen_the_threshold():
+    vanilla = [rec(q, 0, output_ids=(1, 2, 3), new_tokens=3, method="vanilla") for q in ("q1", "q2")]
+    spec = [rec(q, 0, output_ids=(1, 2, 4), new_tokens=3) for q in ("q1", "q2")]
+    margins = {("q1", 0): 0.1, ("q2", 0): 0.1}
+    r = equality(spec, vanilla, margins, tie_threshold=1e-2, tie_bounds={("q1", 0): 0.25})
+    assert [t.question_id for t in r.ties] == ["q1"] and [m.question_id for m in r.mismatches] == ["q2"]

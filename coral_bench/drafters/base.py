@@ -24,7 +24,9 @@ class DraftContext:
     prompt_ids: tuple[int, ...]  # x_0 … x_{P−1}
     first_token: int  # x_P: the target's token after prefill, the first root
     prefill: TargetOutput  # features [P, H] of the prompt
-    reference: tuple[int, ...] | None = None  # known greedy continuation from x_P on (oracle drafters only)
+    # Oracle drafters only: (context ids, n) → the target's greedy continuation of that context, computed
+    # outside the timed path (the decode loop excludes the time it takes).
+    reference: Callable[[tuple[int, ...], int], tuple[int, ...]] | None = None
 
 
 @dataclass(frozen=True)

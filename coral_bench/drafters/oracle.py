@@ -10,9 +10,10 @@ this tree shape on this hardware").
 depth, sometimes missing, so tests exercise branching commits, bonus tokens at leaves, EOS inside an
 accepted chunk and the ``max_new_tokens`` cut inside a chunk.
 
-The continuation comes from ``DraftContext.reference`` (vanilla's greedy output for the same prompt,
-computed untimed). Once the output leaves the reference (sampling, a near-tie), the drafters keep
-proposing, now wrong: decoding stays lossless, only acceptance drops.
+The continuation comes from ``DraftContext.reference`` (``reference.GreedyReference``: vanilla's output
+for the same prompt, or an untimed greedy decode). When the output leaves that line (sampling, or a
+bf16 near-tie that tree scoring rounds the other way), the cursor fetches the greedy line of the new
+context, so the oracle stays an upper bound.
 """
 
 from __future__ import annotations
@@ -25,29 +26,36 @@ from .base import DraftContext, DrafterError, DrafterSettings, generator_for
 
 
 class _ReferenceCursor:
-    """Where the current root sits in the reference continuation, or off it."""
+    """The output so far and the greedy line it is expected to follow."""
 
-    def __init__(self) -> None:
-        self.reference: tuple[int, ...] = ()
-        self.pos = 0
-        self.on_track = False
+    CHUNK = 64  # tokens fetched per resynchronisation
+
+    def __init__(self, eos: tuple[int, ...]) -> None:
+        self.eos = set(eos)
+        self.history: list[int] = []
+        self.reference = None
+        self._line: tuple[int, ...] = ()  # greedy continuation of history[: self._start]
+        self._start = 0
 
     def begin(self, context: DraftContext) -> None:
         if context.reference is None:
-            raise DrafterError("oracle drafters need the reference greedy continuation (DraftContext.reference)")
+            raise DrafterError("oracle drafters need the greedy reference (DraftContext.reference)")
         self.reference = context.reference
-        self.pos = 0
-        self.on_track = bool(self.reference) and self.reference[0] == context.first_token
+        self.history = [*context.prompt_ids, context.first_token]
+        self._line, self._start = (), len(self.history)
 
-    def truth(self, root: int, length: int) -> list[int]:
-        """The next ``length`` correct tokens after ``root`` (fewer near the end of the reference)."""
-        if self.on_track and self.pos < len(self.reference) and self.reference[self.pos] == root:
-            return list(self.reference[self.pos + 1 : self.pos + 1 + length])
-        self.on_track = False
-        return []
+    def truth(self, length: int) -> list[int]:
+        """The next ``length`` greedy tokens after the output so far (fewer where the line ends at EOS)."""
+        offset = len(self.history) - self._start  # tokens emitted since the line was fetched
+        on_line = offset <= len(self._line) and tuple(self.history[self._start :]) == self._line[:offset]
+        ends = bool(self._line) and self._line[-1] in self.eos
+        if not on_line or (len(self._line) - offset < length and not ends):
+            self._line = self.reference(tuple(self.history), max(length, self.CHUNK))
+            self._start, offset = len(self.history), 0
+        return list(self._line[offset : offset + length])
 
     def advance(self, verdict: Verdict) -> None:
-        self.pos += len(verdict.tokens)
+        self.history.extend(verdict.tokens)
 
 
 def _wrong_tokens(vocab: int, avoid: set[int], count: int, gen: torch.Generator) -> list[int]:
@@ -61,10 +69,10 @@ def _wrong_tokens(vocab: int, avoid: set[int], count: int, gen: torch.Generator)
 
 
 class OracleDrafter:
-    def __init__(self, settings: DrafterSettings, vocab_size: int):
+    def __init__(self, settings: DrafterSettings, vocab_size: int, eos: tuple[int, ...]):
         self.settings = settings
         self.vocab_size = vocab_size
-        self._cursor = _ReferenceCursor()
+        self._cursor = _ReferenceCursor(eos)
         self._gen = generator_for(settings.seed)
 
     def begin(self, context: DraftContext) -> None:
@@ -72,7 +80,7 @@ class OracleDrafter:
 
     def propose(self, root: int) -> DraftTree:
         shape = self.settings.tree
-        truth = self._cursor.truth(root, shape.levels)
+        truth = self._cursor.truth(shape.levels)
         tokens, parents = [root, *truth], list(range(-1, len(truth)))
         if shape.kind == "dynamic":  # wrong siblings under the chain, level by level, up to total_tokens
             level = 0
@@ -103,7 +111,7 @@ class NoisyOracleDrafter(OracleDrafter):
             return int(torch.randint(low, high + 1, (1,), generator=gen))
 
         levels = draw(1, self.settings.tree.levels)
-        truth = self._cursor.truth(root, levels)
+        truth = self._cursor.truth(levels)
         truth = truth[: draw(0, len(truth))]  # correct only down to a random depth
         tokens, parents = [root], [-1]
         frontier, right = [0], 0  # right: the node carrying the truth at the previous level (-1: none)
@@ -128,8 +136,8 @@ class NoisyOracleDrafter(OracleDrafter):
 
 
 def build_oracle(target: Target, settings: DrafterSettings) -> OracleDrafter:
-    return OracleDrafter(settings, target.vocab_size)
+    return OracleDrafter(settings, target.vocab_size, target.eos_token_ids)
 
 
 def build_noisy_oracle(target: Target, settings: DrafterSettings) -> NoisyOracleDrafter:
-    return NoisyOracleDrafter(settings, target.vocab_size)
+    return NoisyOracleDrafter(settings, target.vocab_size, target.eos_token_ids)

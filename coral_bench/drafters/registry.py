@@ -12,6 +12,7 @@ from ..target import Target
 from ..tree import TreeShape
 from .base import Drafter, DrafterError, DrafterFactory, DrafterSettings
 from .eagle import build_eagle
+from .early_exit import build_early_exit
 from .oracle import build_noisy_oracle, build_oracle
 from .prompt_lookup import build_prompt_lookup
 from .vanilla import build_vanilla
@@ -34,6 +35,8 @@ def _entries() -> dict[str, DrafterEntry]:
                                       "n-gram match in prompt and output (model-free)"),
         "oracle": DrafterEntry(build_oracle, CPU_TREE, "the target's own greedy continuation: upper bound (test)"),
         "noisy-oracle": DrafterEntry(build_noisy_oracle, CPU_TREE, "random trees around the truth (test)"),
+        "early-exit": DrafterEntry(build_early_exit, TreeShape(kind="chain", depth=3),
+                                   "the target's first N layers + norm + LM head (early-exit:N; default N = layers/4)"),
     }
     eagle_like = {
         "eagle": "EAGLE-style drafter (random weights without a checkpoint)",

@@ -1,0 +1,221 @@
+"""Report sections about what the runs measured: headline, details, breakdowns, acceptance, time split.
+
+One pure function per section: loaded runs (and the palette) in, a :class:`Section` out.
+Definitions follow METHODS.md §1 and are restated in each section's note.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from . import figures as fg
+from .blocks import DASH, Figure, Heading, Section, Table, Text, ms, num, pct, times
+from .run import MethodResult, Run
+
+MTBENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
+
+
+def method_name(run: Run, method: MethodResult, multi: bool) -> str:
+    """How a method is named in figures: ``A · oracle`` when several runs share the report."""
+    return f"{run.label} · {method.label}" if multi else method.label
+
+
+def _speedup_cell(m: MethodResult) -> str:
+    if m.kind == "baseline":
+        return "1.00× (baseline)"
+    ci = f" [{m.speedup_ci95[0]:.2f}, {m.speedup_ci95[1]:.2f}]" if m.speedup_ci95 else ""
+    return times(m.speedup) + ci
+
+
+def _equal_cell(m: MethodResult) -> str:
+    if m.kind == "baseline":
+        return DASH
+    if m.pairs is None or m.identical is None:
+        return "not checked (T > 0)" if m.pairs is None else DASH
+    return f"{m.identical}/{m.pairs} ({pct(m.identical / m.pairs if m.pairs else None)})"
+
+
+def _method_cell(m: MethodResult) -> str:
+    return f"{m.label} (upper bound)" if m.is_oracle else m.label
+
+
+def headline(runs: Sequence[Run], palette: fg.Palette) -> Section:
+    multi = len(runs) > 1
+    columns = ("method", "drafter", "tree", "speedup [95% CI]", "predicted", "τ pooled", "τ per question",
+               "tokens/s", "equal to vanilla", "ties")
+    rows = []
+    for run in runs:
+        for m in run.methods:
+            tau = "1.00" if m.kind == "baseline" else num(m.tau_pooled)
+            tau_q = "1.00" if m.kind == "baseline" else num(m.tau_per_question)
+            ties = DASH if m.ties is None else str(m.ties)
+            row = (_method_cell(m), m.drafter or (m.kind if m.kind != "drafter" else DASH), m.tree or DASH,
+                   _speedup_cell(m), times(m.speedup_predicted), tau, tau_q, num(m.tokens_per_s, 1),
+                   _equal_cell(m), ties)
+            rows.append(((run.label, run.config.get("suite", DASH)) if multi else ()) + row)
+    if multi:
+        columns = ("run", "suite") + columns
+    blocks: list = [Table(columns, tuple(rows))]
+    for run in runs:
+        if run.vanilla_over_hf is not None:
+            prefix = f"Run {run.label}: " if multi else ""
+            verdict = "" if run.vanilla_over_hf >= 0.95 else " — below the goal: a slow baseline inflates every speedup"
+            blocks.append(Text(f"{prefix}vanilla / hf-vanilla tokens/s = {run.vanilla_over_hf:.2f} "
+                               f"(goal ≥ 0.95){verdict}.", "note"))
+    blocks.append(Text(
+        "speedup = tokens/s of the method ÷ tokens/s of vanilla on the same prompts, wall time per turn "
+        "including prefill; 95% CI: paired bootstrap over questions. predicted: `speedup_predicted` of the "
+        "speedup model (– where not estimated). τ pooled = Σ tokens emitted by cycles ÷ Σ cycles (EAGLE / vLLM "
+        "convention); τ per question = mean of each question's pooled τ (HASS convention). equal to vanilla: "
+        "greedy outputs identical to vanilla's; ties: differing outputs where vanilla's top-2 logit margin "
+        "was below the dtype's tie threshold. oracle (upper bound): the target's own greedy continuation, "
+        "a perfect and free drafter on this hardware. hf-vanilla: transformers' own `generate`, a peer.", "note"))
+    bars = [fg.Bar(method_name(run, m, multi), m.speedup, m.speedup_ci95, m.speedup_predicted,
+                   palette.colour(m.label, m.kind)) for run in runs for m in (*run.drafters, *run.peers)]
+    blocks.append(Figure("speedup", "Measured speedup over vanilla with 95% paired-bootstrap CIs"
+                         + ("; diamonds: predicted" if any(b.predicted for b in bars) else ""),
+                         fg.speedup_figure(bars)))
+    if multi:
+        blocks.extend(_side_by_side(runs))
+    return Section("headline", "Headline: speedup and acceptance", tuple(blocks))
+
+
+def _side_by_side(runs: Sequence[Run]) -> list:
+    labels: list[str] = []
+    for run in runs:
+        labels += [m.label for m in (*run.drafters, *run.peers) if m.label not in labels]
+    columns = ("method",) + tuple(f"{r.label}: {r.config.get('suite', DASH)}, {r.config.get('dtype', DASH)}, "
+                                  f"{r.config.get('device', DASH)}" for r in runs)
+    rows = []
+    for label in labels:
+        cells = []
+        for run in runs:
+            m = next((m for m in (*run.drafters, *run.peers) if m.label == label), None)
+            cells.append(DASH if m is None else f"{times(m.speedup)} · τ {num(m.tau_pooled)} · {m.tree or DASH}")
+        rows.append((label, *cells))
+    return [Heading("Runs side by side"),
+            Table(columns, tuple(rows), "speedup · τ pooled · tree, one column per run")]
+
+
+def details(runs: Sequence[Run]) -> Section:
+    multi = len(runs) > 1
+    columns = ("method", "samples", "new tokens", "wall s", "prefill s", "speedup (decode only)",
+               "speedup (per prompt)", "hit max_new_tokens", "repetition", "drafter parameters")
+    rows = []
+    for run in runs:
+        for m in run.methods:
+            base = m.kind == "baseline"
+            rows.append(((run.label,) if multi else ()) + (
+                m.label, str(m.samples), str(m.new_tokens), num(m.wall_s, 3), num(m.prefill_s, 3),
+                "1.00×" if base else times(m.speedup_decode), "1.00×" if base else times(m.speedup_per_prompt),
+                pct(m.frac_max_new_tokens), num(m.repetition_rate), DASH if m.parameters is None else f"{m.parameters:,}"))
+    if multi:
+        columns = ("run",) + columns
+    note = Text("speedup (decode only) leaves prefill time out; speedup (per prompt) is the EAGLE / Spec-Bench "
+                "ratio of per-question mean tokens/s. hit max_new_tokens: fraction of samples stopped by the "
+                "limit; repetition: mean share of repeated 4-grams in the output (small models loop).", "note")
+    return Section("details", "Details per method", (Table(columns, tuple(rows)), note))
+
+
+def _ordered(names: set[str]) -> list[str]:
+    known = [c for c in MTBENCH_CATEGORIES if c in names]
+    return known + sorted(names - set(known))
+
+
+def _breakdown(run: Run, kind: str) -> Table:
+    """Rows: categories (or turns); per drafter τ pooled and the pooled tokens/s ratio to vanilla."""
+    groups = run.baseline.by_category if kind == "category" else run.baseline.by_turn
+    names = _ordered({g.name for g in groups}) if kind == "category" else sorted((g.name for g in groups), key=int)
+    columns = [kind, "samples", "vanilla tokens/s"]
+    for d in run.drafters:
+        columns += [f"{d.label} τ", f"{d.label} speedup"]
+    rows = []
+    for name in names:
+        pick = (lambda m: m.category(name)) if kind == "category" else (lambda m: m.turn(name))
+        base = pick(run.baseline)
+        cells = [name if kind == "category" else f"turn {int(name) + 1}", str(base.samples), num(base.tokens_per_s, 1)]
+        for d in run.drafters:
+            g = pick(d)
+            ratio = g.tokens_per_s / base.tokens_per_s if g and g.tokens_per_s and base.tokens_per_s else None
+            cells += [num(g.tau_pooled) if g else DASH, times(ratio)]
+        rows.append(tuple(cells))
+    return Table(tuple(columns), tuple(rows), f"Run {run.label} ({run.name})" if kind == "category" else "")
+
+
+def categories(runs: Sequence[Run]) -> Section:
+    blocks: list = []
+    for run in runs:
+        if len(runs) > 1:
+            blocks.append(Heading(f"Run {run.label}: {run.name}"))
+        blocks.append(_breakdown(run, "category"))
+    blocks.append(Text("speedup per category: the method's pooled tokens/s over the category's samples ÷ "
+                       "vanilla's over the same samples (no CI; few questions per category).", "note"))
+    return Section("categories", "Per category", tuple(blocks))
+
+
+def turns(runs: Sequence[Run]) -> Section:
+    blocks: list = []
+    for run in runs:
+        if len(runs) > 1:
+            blocks.append(Heading(f"Run {run.label}: {run.name}"))
+        blocks.append(_breakdown(run, "turn"))
+    blocks.append(Text("Turn 2 is asked after the method's own turn-1 answer (EAGLE convention).", "note"))
+    return Section("turns", "Per turn", tuple(blocks))
+
+
+def _reach_cell(m: MethodResult, d: int) -> str:
+    if d >= len(m.reach_by_depth):
+        return DASH
+    return f"{m.reach_by_depth[d]:.2f} ({m.reach_conditional[d]:.2f})" if d < len(m.reach_conditional) \
+        else f"{m.reach_by_depth[d]:.2f}"
+
+
+def acceptance(runs: Sequence[Run], palette: fg.Palette) -> Section:
+    multi = len(runs) > 1
+    depth = max((len(m.reach_by_depth) for r in runs for m in r.drafters), default=0)
+    columns = (("run",) if multi else ()) + ("method", "cycles", "τ pooled", "τ before cut") + tuple(
+        f"reach_{d}" for d in range(1, depth + 1))
+    rows = tuple(((r.label,) if multi else ()) + (m.label, str(m.cycles), num(m.tau_pooled), num(m.tau_uncut))
+                 + tuple(_reach_cell(m, d) for d in range(depth)) for r in runs for m in r.drafters)
+    reach_panels, hist_panels = [], []
+    for run in runs:
+        title = f"{run.label} · {run.config.get('suite', DASH)}" if multi else str(run.config.get("suite", ""))
+        reach_panels.append(fg.Panel(title, tuple(fg.Curve(m.label, m.reach_by_depth, palette.colour(m.label),
+                                                           palette.marker(m.label)) for m in run.drafters)))
+        hist_panels.append(fg.Panel(title, tuple(
+            fg.Curve(m.label, tuple(c / m.cycles for c in m.accept_histogram) if m.cycles else (),
+                     palette.colour(m.label), palette.marker(m.label)) for m in run.drafters)))
+    note = Text("reach_d: fraction of cycles whose accepted path reaches depth ≥ d; in parentheses the "
+                "conditional rate reach_d / reach_(d−1). Identity: τ before the cut at EOS / max_new_tokens "
+                "= 1 + Σ reach_d.", "note")
+    blocks = [Table(columns, rows) if rows else Text("No drafters in these runs: nothing was drafted."), note,
+              Figure("reach", "Reach by depth, per drafter", fg.reach_figure(reach_panels)),
+              Figure("accepted", "Accepted draft tokens per cycle (fraction of each drafter's cycles)",
+                     fg.accepted_figure(hist_panels))]
+    return Section("acceptance", "Acceptance: reach by depth and accepted per cycle", tuple(blocks))
+
+
+def time_split(runs: Sequence[Run]) -> Section:
+    multi = len(runs) > 1
+    columns = (("run",) if multi else ()) + ("method", "cycles", "drafting ms", "target scoring ms",
+                                             "verifying ms", "committing ms", "total ms / cycle",
+                                             "ms / emitted token")
+    rows, bars = [], []
+    for run in runs:
+        for m in run.methods:
+            s = run.split(m.label)
+            if s is None:
+                continue
+            rows.append(((run.label,) if multi else ()) + (
+                m.label, str(s.cycles), ms(s.draft_s, 3), ms(s.score_s, 3), ms(s.verify_s, 3), ms(s.commit_s, 3),
+                ms(s.total_s, 3), ms(s.per_token_s, 3)))
+            bars.append(fg.SplitBar(method_name(run, m, multi),
+                                    (s.draft_s * 1e3, s.score_s * 1e3, s.verify_s * 1e3, s.commit_s * 1e3)))
+    blocks: list = [Table(columns, tuple(rows)) if rows else Text("No cycle records (cycles.jsonl) in these runs.")]
+    blocks.append(Text("Means over cycles.jsonl: drafting (drafter forwards and tree building), target scoring "
+                       "(one target forward over the tree), verifying, committing (target and drafter caches). "
+                       "ms / emitted token = Σ cycle time ÷ Σ tokens emitted by cycles; prefill is not a cycle.",
+                       "note"))
+    blocks.append(Figure("time-split", "Per-cycle time split: drafting, target scoring, verifying, committing",
+                         fg.time_split_figure(bars)))
+    return Section("time-split", "Where the time goes: per-cycle split", tuple(blocks))

@@ -1,0 +1,298 @@
+"""A run directory loaded for reporting: results.json, samples.jsonl and cycles.jsonl, read-only.
+
+Nothing here imports torch or a model: a report is rendered from the result files alone. The
+directory is never modified (``results.read_samples`` would truncate an unfinished last line, so
+samples are read here). Every value the sections use is lifted into a frozen dataclass; fields
+the results schema adds later (``speedup_predicted``, ``lm_head_share``, ``profile``) are optional.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .. import results as rd
+
+SUPPORTED_SCHEMA = rd.SCHEMA_VERSION
+ORACLE = "oracle"
+
+
+class ReportError(ValueError):
+    """Input a report cannot be made from: one line that says what is wrong and where."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """One category or turn of one method: ``by_category`` / ``by_turn`` in results.json."""
+
+    name: str
+    samples: int
+    tau_pooled: float | None
+    tokens_per_s: float | None
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """One method's record (baseline, drafter or peer), as results.json holds it (stats.MethodSummary)."""
+
+    label: str
+    kind: str  # "baseline", "drafter" or "peer"
+    drafter: str | None  # registry name of a drafter (the label may differ: pl2=prompt-lookup)
+    tree: str | None
+    samples: int
+    questions: int
+    new_tokens: int
+    wall_s: float
+    prefill_s: float | None
+    tokens_per_s: float | None
+    cycles: int
+    tau_pooled: float | None
+    tau_per_question: float | None
+    tau_uncut: float | None
+    reach_by_depth: tuple[float, ...]  # [max accepted]: reach_d for d = 1 …
+    reach_conditional: tuple[float, ...]  # [max accepted]
+    accept_histogram: tuple[int, ...]  # [max accepted + 1]
+    frac_max_new_tokens: float | None
+    repetition_rate: float | None
+    by_category: tuple[Group, ...]
+    by_turn: tuple[Group, ...]  # names "0", "1", … (0-based turns)
+    speedup: float | None
+    speedup_decode: float | None
+    speedup_per_prompt: float | None
+    speedup_ci95: tuple[float, float] | None
+    speedup_predicted: float | None
+    pairs: int | None  # equality with vanilla: only at T = 0
+    identical: int | None
+    ties: int | None
+    mismatches: int | None
+    lm_head_share: float | None
+    lm_head_total_share: float | None
+    parameters: int | None
+
+    @property
+    def is_oracle(self) -> bool:
+        return self.drafter == ORACLE
+
+    def category(self, name: str) -> Group | None:
+        return next((g for g in self.by_category if g.name == name), None)
+
+    def turn(self, name: str) -> Group | None:
+        return next((g for g in self.by_turn if g.name == name), None)
+
+
+@dataclass(frozen=True)
+class CycleSplit:
+    """Mean per-cycle times of one method, from cycles.jsonl."""
+
+    method: str
+    cycles: int
+    emitted: int
+    draft_s: float  # mean drafting time per cycle
+    score_s: float  # mean target scoring (forward over the tree)
+    verify_s: float
+    commit_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.draft_s + self.score_s + self.verify_s + self.commit_s
+
+    @property
+    def per_token_s(self) -> float | None:
+        """Cycle time per emitted token: Σ cycle time / Σ emitted."""
+        return self.total_s * self.cycles / self.emitted if self.emitted else None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory, loaded. ``label`` ("A", "B", …) names it in tables and figures."""
+
+    path: Path
+    label: str
+    schema_version: int
+    config: Mapping[str, Any]
+    provenance: Mapping[str, Any]
+    baseline: MethodResult
+    drafters: tuple[MethodResult, ...]
+    peers: tuple[MethodResult, ...]
+    vanilla_over_hf: float | None
+    splits: tuple[CycleSplit, ...]  # () when cycles.jsonl is missing
+    has_cycles: bool
+    samples_lines: int | None  # complete lines of samples.jsonl; None when it is missing
+    mean_prompt_tokens: float | None
+    profile: Mapping[str, Any] | None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def methods(self) -> tuple[MethodResult, ...]:
+        return (self.baseline, *self.drafters, *self.peers)
+
+    @property
+    def greedy(self) -> bool:
+        return float(self.config.get("sampling", {}).get("temperature", 0.0)) == 0.0
+
+    def split(self, method: str) -> CycleSplit | None:
+        return next((s for s in self.splits if s.method == method), None)
+
+
+def run_label(index: int) -> str:
+    """A, B, …, Z, AA, AB, …"""
+    label = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        label = chr(ord("A") + rest) + label
+    return label
+
+
+def load_run(path: Path, label: str = "A") -> Run:
+    """Load a run directory; :class:`ReportError` with one line for anything that is not a finished run."""
+    path = Path(path)
+    if not path.exists():
+        raise ReportError(f"{path} does not exist")
+    if not path.is_dir():
+        raise ReportError(f"{path} is not a directory (give a coral-bench run directory)")
+    results_file = path / rd.RESULTS
+    if not results_file.exists():
+        if (path / rd.CONFIG).exists():
+            raise ReportError(f"{path} holds an unfinished run (no {rd.RESULTS}): finish it with "
+                              f"`coral-bench run --resume --out {path} …`")
+        raise ReportError(f"{path} is not a coral-bench run directory (no {rd.RESULTS})")
+    try:
+        data = json.loads(results_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{results_file} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{results_file} is not a results object")
+    version = data.get("schema_version")
+    if not isinstance(version, int):
+        raise ReportError(f"{results_file} has no integer schema_version: not a coral-bench results file")
+    if version > SUPPORTED_SCHEMA:
+        raise ReportError(f"{results_file} has schema_version {version}, newer than this coral-bench reads "
+                          f"({SUPPORTED_SCHEMA}): upgrade coral-bench")
+    for key in ("config", "provenance", "baseline"):
+        if not isinstance(data.get(key), dict):
+            raise ReportError(f"{results_file} lacks the {key!r} section")
+    config = data["config"]
+    names = {d.get("label"): d.get("name") for d in config.get("drafters", []) if isinstance(d, dict)}
+    where = str(results_file)
+    baseline = _method(data["baseline"], "vanilla", "baseline", None, where)
+    drafters = tuple(_method(v, k, "drafter", names.get(k, k), where) for k, v in _section(data, "drafters", where))
+    peers = tuple(_method(v, k, "peer", None, where) for k, v in _section(data, "peers", where))
+    samples_lines, prompt_mean = _read_samples(path)
+    has_cycles = (path / rd.CYCLES).exists()
+    profile = data.get("profile")
+    return Run(path=path, label=label, schema_version=version, config=config, provenance=data["provenance"],
+               baseline=baseline, drafters=drafters, peers=peers,
+               vanilla_over_hf=_opt_float(data["baseline"].get("vanilla_over_hf_vanilla")),
+               splits=_read_cycles(path) if has_cycles else (), has_cycles=has_cycles,
+               samples_lines=samples_lines, mean_prompt_tokens=prompt_mean,
+               profile=profile if isinstance(profile, dict) else None)
+
+
+def load_runs(paths: list[Path]) -> tuple[Run, ...]:
+    if not paths:
+        raise ReportError("give at least one run directory")
+    return tuple(load_run(Path(p), run_label(i)) for i, p in enumerate(paths))
+
+
+def _section(data: dict, key: str, where: str) -> list[tuple[str, dict]]:
+    section = data.get(key, {})
+    if not isinstance(section, dict) or not all(isinstance(v, dict) for v in section.values()):
+        raise ReportError(f"{where}: {key!r} is not an object of method records")
+    return list(section.items())
+
+
+def _opt_float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _groups(value: Any) -> tuple[Group, ...]:
+    if not isinstance(value, dict):
+        return ()
+    return tuple(Group(str(k), int(v.get("samples", 0)), _opt_float(v.get("tau_pooled")),
+                       _opt_float(v.get("tokens_per_s"))) for k, v in value.items() if isinstance(v, dict))
+
+
+def _method(rec: dict, label: str, kind: str, drafter: str | None, where: str) -> MethodResult:
+    missing = [k for k in ("samples", "new_tokens", "wall_s", "tokens_per_s") if k not in rec]
+    if missing:
+        raise ReportError(f"{where}: the record of {label!r} lacks {', '.join(missing)}")
+    ci = rec.get("speedup_ci95")
+    ci95 = (float(ci[0]), float(ci[1])) if isinstance(ci, list) and len(ci) == 2 and None not in ci else None
+    ties, mismatches = rec.get("ties"), rec.get("mismatches")
+    return MethodResult(
+        label=label, kind=kind, drafter=drafter, tree=rec.get("tree"),
+        samples=int(rec["samples"]), questions=int(rec.get("questions", 0)), new_tokens=int(rec["new_tokens"]),
+        wall_s=float(rec["wall_s"]), prefill_s=_opt_float(rec.get("prefill_s")),
+        tokens_per_s=_opt_float(rec["tokens_per_s"]), cycles=int(rec.get("cycles", 0)),
+        tau_pooled=_opt_float(rec.get("tau_pooled")), tau_per_question=_opt_float(rec.get("tau_per_question")),
+        tau_uncut=_opt_float(rec.get("tau_uncut")),
+        reach_by_depth=tuple(float(x) for x in rec.get("reach_by_depth") or ()),
+        reach_conditional=tuple(float(x) for x in rec.get("reach_conditional") or ()),
+        accept_histogram=tuple(int(x) for x in rec.get("accept_histogram") or ()),
+        frac_max_new_tokens=_opt_float(rec.get("frac_max_new_tokens")),
+        repetition_rate=_opt_float(rec.get("repetition_rate")),
+        by_category=_groups(rec.get("by_category")), by_turn=_groups(rec.get("by_turn")),
+        speedup=1.0 if kind == "baseline" else _opt_float(rec.get("speedup")),
+        speedup_decode=_opt_float(rec.get("speedup_decode")),
+        speedup_per_prompt=_opt_float(rec.get("speedup_per_prompt")),
+        speedup_ci95=ci95, speedup_predicted=_opt_float(rec.get("speedup_predicted")),
+        pairs=_opt_int(rec.get("pairs")) if "identical" in rec else None, identical=_opt_int(rec.get("identical")),
+        ties=len(ties) if isinstance(ties, list) else None,
+        mismatches=len(mismatches) if isinstance(mismatches, list) else None,
+        lm_head_share=_opt_float(rec.get("lm_head_share")),
+        lm_head_total_share=_opt_float(rec.get("lm_head_total_share")),
+        parameters=_opt_int(rec.get("parameters")),
+    )
+
+
+def _read_samples(path: Path) -> tuple[int | None, float | None]:
+    """Complete lines of samples.jsonl and their mean prompt length (an unfinished last line is ignored)."""
+    file = path / rd.SAMPLES
+    if not file.exists():
+        return None, None
+    raw = file.read_bytes()
+    lines = [line for line in raw[: raw.rfind(b"\n") + 1].splitlines() if line.strip()]
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            prompts.append(int(json.loads(line)["prompt_tokens"]))
+        except (ValueError, KeyError, TypeError):
+            raise ReportError(f"{file}:{number}: corrupt sample line") from None
+    return len(lines), (math.fsum(prompts) / len(prompts) if prompts else None)
+
+
+_TIMES = ("draft_s", "score_s", "verify_s", "commit_s")
+
+
+def _read_cycles(path: Path) -> tuple[CycleSplit, ...]:
+    """Per-method means of the cycle times, in the order methods first appear."""
+    file = path / rd.CYCLES
+    sums: dict[str, list] = {}  # method -> [cycles, emitted, [times…]]
+    raw = file.read_bytes()
+    for number, line in enumerate(raw[: raw.rfind(b"\n") + 1].splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            entry = sums.setdefault(str(row["method"]), [0, 0, [[] for _ in _TIMES]])
+            entry[0] += 1
+            entry[1] += int(row["emitted"])
+            for acc, key in zip(entry[2], _TIMES):
+                acc.append(float(row[key]))
+        except (ValueError, KeyError, TypeError):
+            raise ReportError(f"{file}:{number}: corrupt cycle line") from None
+    return tuple(CycleSplit(method, n, emitted, *(math.fsum(t) / n for t in times))
+                 for method, (n, emitted, times) in sums.items())
