@@ -140,6 +140,9 @@ def _print_summary(results: dict) -> None:
     table.add_row("vanilla", _fmt(base["tokens_per_s"]), "1.00", "1.00", "1.00", "–")
     for group in ("drafters", "peers"):
         for name, row in results[group].items():
+            if row.get("error"):
+                table.add_row(name, "failed", "", "", row["error"][:40], "")
+                continue
             ci = row.get("speedup_ci95")
             speed = _fmt(row.get("speedup")) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
             table.add_row(name, _fmt(row["tokens_per_s"]), _fmt(row.get("tau_pooled")),
@@ -184,3 +187,16 @@ def targets() -> None:
     for name, text in TARGETS.items():
         table.add_row(name, text)
     out.print(table)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for report.md, report.html and report-figures/ (default: the first run directory).")
+def report(run_dirs, out):
+    """Write report.md and a self-contained report.html from run directories (results files only)."""
+    from .report import write_report
+
+    files = write_report(list(run_dirs), out)
+    click.echo(f"report: {files.markdown}")
+    click.echo(f"report: {files.html}")

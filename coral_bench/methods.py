@@ -51,5 +51,5 @@ def check_unique(labels: list[str]) -> None:
     seen = set()
     for label in labels:
         if label in seen:
-            raise MethodError(f"two methods share the result key {label!r}: name one LABEL=NAME:PATH")
+            raise MethodError(f"two methods share the result key {label!r}: give a drafter a label, LABEL=NAME:PATH")
         seen.add(label)
