@@ -24,8 +24,10 @@ demo: $(STAMP)
 	$(BIN)/coral-bench run --suite mtbench --limit 3 --max-new-tokens 64 \
 	    --drafter prompt-lookup --drafter oracle --out $(DEMO_OUT)
 
-## Run the test suite (CPU, tiny models; a few tests use the embedded model).
+## Run the test suite (CPU, tiny models; a few tests use the embedded model). Installs headless
+## Chromium (Debian packages) for the report rendering test when missing.
 test: $(STAMP)
+	bash tests/install_chromium.sh
 	$(BIN)/python -m pytest -q
 
 ## Timing benchmarks (not part of make test).

@@ -36,8 +36,8 @@ VANILLA = "vanilla"
 TIE_THRESHOLD = {"float64": 1e-9, "float32": 1e-4, "bfloat16": 1e-2, "float16": 1e-2}
 
 
-class BusyMachineError(RuntimeError):
-    """--require-idle on a busy machine."""
+class BusyMachineError(ValueError):
+    """--require-idle on a busy machine (a refusal about the run's conditions, reported like bad input)."""
 
 
 @dataclass(frozen=True)

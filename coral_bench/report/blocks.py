@@ -1,7 +1,9 @@
 """Report content as values (text, bullet lists, tables, figures) and their Markdown / HTML forms.
 
 Sections build blocks; this module alone decides how a block looks in each format, so the two
-formats always say the same thing. Inline markup in text: ``**bold**`` and ```code```.
+formats always say the same thing. Inline markup in text: ``**bold**`` and ```code```. Tables are
+formatted here rather than with pandas: ``to_markdown`` needs tabulate (not a dependency) and
+``to_html`` cannot right-align numeric columns cell by cell.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ import base64
 import html
 import re
 from dataclasses import dataclass
-
-import pandas as pd
 
 DASH = "–"
 
@@ -91,16 +91,25 @@ def _md_cell(cell: str) -> str:
     return cell.replace("|", "\\|").replace("\n", " ")
 
 
+_NUMERIC = re.compile(r"^[-+]?(\d|–$)")
+
+
+def numeric_columns(table: Table) -> tuple[bool, ...]:
+    """Columns whose cells all read as numbers (or –) are right-aligned; the first column never is."""
+    return tuple(i > 0 and bool(table.rows) and all(_NUMERIC.match(r[i]) for r in table.rows)
+                 for i in range(len(table.columns)))
+
+
 def markdown_table(table: Table) -> str:
-    """A GitHub-flavoured pipe table, columns padded; the first column left-aligned, the rest right."""
+    """A GitHub-flavoured pipe table, columns padded; numeric columns right-aligned."""
     cells = [[_md_cell(c) for c in table.columns]] + [[_md_cell(c) for c in r] for r in table.rows]
     widths = [max(3, *(len(row[i]) for row in cells)) for i in range(len(table.columns))]
+    right = numeric_columns(table)
 
     def line(row: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(row, widths))) + " |"
+        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)) + " |"
 
-    rule = "| " + " | ".join(("-" * w) if i == 0 else ("-" * (w - 1) + ":") for i, w in enumerate(widths)) + " |"
+    rule = "| " + " | ".join(("-" * (w - 1) + ":") if r else ("-" * w) for w, r in zip(widths, right)) + " |"
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 
@@ -133,11 +142,19 @@ def inline_html(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
+NUM = ' class="num"'
+
+
 def html_table(table: Table) -> str:
-    frame = pd.DataFrame([list(r) for r in table.rows], columns=list(table.columns))
-    body = frame.to_html(index=False, border=0, escape=True, classes="data")
-    caption = f'<p class="caption">{inline_html(table.caption)}</p>\n' if table.caption else ""
-    return f'<div class="table">\n{caption}{body}\n</div>'
+    right = numeric_columns(table)
+
+    def cells(row: tuple[str, ...], tag: str) -> str:
+        return "".join(f"<{tag}{NUM if r else ''}>{html.escape(c)}</{tag}>" for c, r in zip(row, right))
+
+    body = "\n".join(f"<tr>{cells(r, 'td')}</tr>" for r in table.rows)
+    caption = f"<caption>{inline_html(table.caption)}</caption>\n" if table.caption else ""
+    return (f'<div class="table">\n<table class="data">\n{caption}<thead>\n<tr>{cells(table.columns, "th")}</tr>\n'
+            f"</thead>\n<tbody>\n{body}\n</tbody>\n</table>\n</div>")
 
 
 def block_html(block: Block) -> str:

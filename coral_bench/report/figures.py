@@ -64,10 +64,17 @@ def render_svg(draw: Callable[[Figure], None], width: float, height: float) -> s
 
 
 def _empty(ax, message: str) -> None:
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#444444")
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#444444", wrap=True)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.grid(False)
+
+
+def _without(ax, names: Sequence[str]) -> None:
+    """Name the methods a panel cannot draw (e.g. no accepted draft token), so none vanishes silently."""
+    if names:
+        ax.text(0.02, 0.02, "no accepted draft tokens: " + ", ".join(names), transform=ax.transAxes, fontsize=7,
+                color="#444444", va="bottom")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +106,8 @@ def speedup_figure(bars: Sequence[Bar]) -> str:
             if bar.ci95 is not None:
                 err = [[max(bar.value - bar.ci95[0], 0.0)], [max(bar.ci95[1] - bar.value, 0.0)]]
             ax.barh(y, bar.value, color=bar.colour, xerr=err, capsize=3, height=0.6, edgecolor=BLACK, linewidth=0.5)
-            ax.text(bar.value, y + 0.32, f" {bar.value:.2f}×", va="bottom", ha="left", fontsize=7)
+            end = max(bar.value, bar.ci95[1] if bar.ci95 else bar.value, bar.predicted or 0.0)
+            ax.text(end, y, f"  {bar.value:.2f}×", va="center", ha="left", fontsize=7)
         predicted = [(y, b.predicted) for y, b in zip(ys, bars) if b.predicted is not None]
         if predicted:
             ax.scatter([p for _, p in predicted], [y for y, _ in predicted], marker="D", facecolor="white",
@@ -109,7 +117,8 @@ def speedup_figure(bars: Sequence[Bar]) -> str:
         ax.set_yticks(ys, [b.label for b in bars])
         ax.set_xlabel("speedup over vanilla (× tokens/s, wall time incl. prefill); bars: 95% paired-bootstrap CI")
         ax.set_title("Measured speedup (dashed line: vanilla = 1×)")
-        ax.set_xlim(left=0)
+        ends = [max(b.value, b.ci95[1] if b.ci95 else b.value, b.predicted or 0.0) for b in bars if b.value is not None]
+        ax.set_xlim(0, max(ends + [1.0]) * 1.15)
 
     return render_svg(draw, 7.0, 1.4 + 0.38 * max(len(bars), 1))
 
@@ -131,7 +140,8 @@ class Panel:
 
 
 def _panels(fig: Figure, panels: Sequence[Panel]):
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    """One axes per run, side by side; y is a fraction in [0, 1] everywhere, so no sharing is needed."""
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     return list(zip(axes, panels))
 
 
@@ -141,16 +151,20 @@ def reach_figure(panels: Sequence[Panel]) -> str:
             ax.set_title(panel.title)
             curves = [c for c in panel.curves if c.values]
             if not curves:
-                _empty(ax, "no accepted draft tokens" if panel.curves else "no drafters")
+                names = ", ".join(c.label for c in panel.curves)
+                _empty(ax, f"no accepted draft tokens ({names})" if panel.curves else "no drafters")
                 continue
             for c in curves:
                 depths = range(1, len(c.values) + 1)
                 ax.plot(depths, c.values, color=c.colour, marker=c.marker, label=c.label)
+            _without(ax, [c.label for c in panel.curves if not c.values])
+            depth = max(len(c.values) for c in curves)
             ax.set_xlabel("depth d (accepted draft tokens)")
-            ax.set_xticks(range(1, max(len(c.values) for c in curves) + 1))
+            ax.set_xticks(range(1, depth + 1))
+            ax.set_xlim(0.7, max(depth, 2) + 0.3)
             ax.set_ylim(0, 1.05)
+            ax.set_ylabel("reach_d (fraction of cycles reaching ≥ d)")
             ax.legend(loc="upper right")
-        fig.axes[0].set_ylabel("reach_d (fraction of cycles reaching ≥ d)")
         fig.suptitle("Reach by depth")
 
     return render_svg(draw, min(4.2 * len(panels), 12.0) + 0.6, 3.4)
@@ -168,11 +182,13 @@ def accepted_figure(panels: Sequence[Panel]) -> str:
             for i, c in enumerate(curves):
                 xs = [a - 0.4 + width * (i + 0.5) for a in range(len(c.values))]
                 ax.bar(xs, c.values, width=width, color=c.colour, label=c.label, edgecolor=BLACK, linewidth=0.4)
-            ax.set_xticks(range(max(len(c.values) for c in curves)))
+            top = max(len(c.values) for c in curves) - 1
+            ax.set_xticks(range(top + 1))
+            ax.set_xlim(-0.6, max(top, 2) + 0.6)
             ax.set_xlabel("accepted draft tokens per cycle")
             ax.set_ylim(0, 1.05)
+            ax.set_ylabel("fraction of cycles")
             ax.legend(loc="upper right")
-        fig.axes[0].set_ylabel("fraction of cycles")
         fig.suptitle("Accepted draft tokens per cycle")
 
     return render_svg(draw, min(4.2 * len(panels), 12.0) + 0.6, 3.4)
@@ -207,7 +223,7 @@ def time_split_figure(bars: Sequence[SplitBar]) -> str:
         ax.set_xlabel("mean time per cycle (ms)")
         ax.set_xlim(0, max(left) * 1.18 if max(left) > 0 else 1)
         ax.set_title("Per-cycle time split (cycles.jsonl means)")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(bars) > 3 else -0.4), ncols=4)
+        fig.legend(loc="outside lower center", ncols=4)
 
     return render_svg(draw, 7.0, 1.9 + 0.38 * max(len(bars), 1))
 

@@ -133,8 +133,13 @@ class Run:
         return (self.baseline, *self.drafters, *self.peers)
 
     @property
+    def temperature(self) -> float | None:
+        sampling = self.config.get("sampling")
+        return _opt_float(sampling.get("temperature", 0.0)) if isinstance(sampling, dict) else None
+
+    @property
     def greedy(self) -> bool:
-        return float(self.config.get("sampling", {}).get("temperature", 0.0)) == 0.0
+        return self.temperature == 0.0
 
     def split(self, method: str) -> CycleSplit | None:
         return next((s for s in self.splits if s.method == method), None)
@@ -221,7 +226,7 @@ def _opt_int(value: Any) -> int | None:
 def _groups(value: Any) -> tuple[Group, ...]:
     if not isinstance(value, dict):
         return ()
-    return tuple(Group(str(k), int(v.get("samples", 0)), _opt_float(v.get("tau_pooled")),
+    return tuple(Group(str(k), _opt_int(v.get("samples")) or 0, _opt_float(v.get("tau_pooled")),
                        _opt_float(v.get("tokens_per_s"))) for k, v in value.items() if isinstance(v, dict))
 
 
@@ -229,14 +234,21 @@ def _method(rec: dict, label: str, kind: str, drafter: str | None, where: str) -
     missing = [k for k in ("samples", "new_tokens", "wall_s", "tokens_per_s") if k not in rec]
     if missing:
         raise ReportError(f"{where}: the record of {label!r} lacks {', '.join(missing)}")
+    try:
+        return _method_fields(rec, label, kind, drafter)
+    except (TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise ReportError(f"{where}: the record of {label!r} has a malformed field ({exc})") from None
+
+
+def _method_fields(rec: dict, label: str, kind: str, drafter: str | None) -> MethodResult:
     ci = rec.get("speedup_ci95")
     ci95 = (float(ci[0]), float(ci[1])) if isinstance(ci, list) and len(ci) == 2 and None not in ci else None
     ties, mismatches = rec.get("ties"), rec.get("mismatches")
     return MethodResult(
         label=label, kind=kind, drafter=drafter, tree=rec.get("tree"),
-        samples=int(rec["samples"]), questions=int(rec.get("questions", 0)), new_tokens=int(rec["new_tokens"]),
+        samples=int(rec["samples"]), questions=_opt_int(rec.get("questions")) or 0, new_tokens=int(rec["new_tokens"]),
         wall_s=float(rec["wall_s"]), prefill_s=_opt_float(rec.get("prefill_s")),
-        tokens_per_s=_opt_float(rec["tokens_per_s"]), cycles=int(rec.get("cycles", 0)),
+        tokens_per_s=_opt_float(rec["tokens_per_s"]), cycles=_opt_int(rec.get("cycles")) or 0,
         tau_pooled=_opt_float(rec.get("tau_pooled")), tau_per_question=_opt_float(rec.get("tau_per_question")),
         tau_uncut=_opt_float(rec.get("tau_uncut")),
         reach_by_depth=tuple(float(x) for x in rec.get("reach_by_depth") or ()),

@@ -1,0 +1,18 @@
+"""``coral-bench report``: run directories → report.md and a self-contained report.html.
+
+Reads only the result files (results.json, samples.jsonl, cycles.jsonl); never imports torch or
+loads a model, so it runs in seconds anywhere. Modules:
+
+- ``run``: the frozen :class:`Run` loaded from a directory, and :class:`ReportError`;
+- ``blocks``: text / table / figure values and their Markdown and HTML forms;
+- ``figures``: matplotlib figures as deterministic SVG;
+- ``overview``, ``measured``, ``model``: one pure function per report section;
+- ``published``: the published reference numbers of METHODS.md §9;
+- ``document``: section order, the two output formats, writing the files.
+"""
+
+from .document import HTML, MARKDOWN, Report, ReportFiles, build_report, to_html, to_markdown, write_report
+from .run import SUPPORTED_SCHEMA, ReportError, Run, load_run, load_runs
+
+__all__ = ["HTML", "MARKDOWN", "Report", "ReportError", "ReportFiles", "Run", "SUPPORTED_SCHEMA", "build_report",
+           "load_run", "load_runs", "to_html", "to_markdown", "write_report"]

@@ -1,0 +1,377 @@
+"""`coral-bench report`: golden Markdown, determinism, bad input, future fields, and the HTML in Chromium.
+
+Fixture run directories (tests/fixtures/report/, see its README) are real tiny-random runs; the
+golden files pin report.md for them. Regenerate the golden files after an intended change with
+``CORAL_BENCH_UPDATE_GOLDEN=1 .venv/bin/pytest -q tests/test_report.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from coral_bench.report import ReportError, load_run, write_report
+from coral_bench.report.blocks import Table, markdown_table
+from coral_bench.report.model import tv_points
+
+FIXTURES = Path(__file__).parent / "fixtures" / "report"
+MTBENCH4 = FIXTURES / "mtbench4"  # 4 MT-bench questions (4 categories), 3 drafters incl. oracle
+ONE = FIXTURES / "one-question"  # 1 question, 1 drafter (pl2 = prompt-lookup, chain:2)
+NO_DRAFTERS = FIXTURES / "no-drafters"
+GOLDEN = FIXTURES / "golden"
+UPDATE = os.environ.get("CORAL_BENCH_UPDATE_GOLDEN") == "1"
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_results(run: Path, edit) -> None:
+    data = json.loads((run / "results.json").read_text())
+    edit(data)
+    (run / "results.json").write_text(json.dumps(data, indent=2))
+
+
+def _future_run(dst: Path) -> Path:
+    """mtbench4 with the fields later schema-1 runs add: predictions, LM-head shares, a profile."""
+    run = _copy(MTBENCH4, dst)
+
+    def edit(data):
+        for i, entry in enumerate(data["drafters"].values()):
+            entry["speedup_predicted"] = 1.0 + 0.5 * i
+            entry["lm_head_share"] = 0.3 + 0.1 * i
+            entry["lm_head_total_share"] = 0.45 + 0.1 * i
+        data["profile"] = {"t_v": [{"nodes": n, "seconds": 0.010 + 0.001 * n, "context": 256} for n in (1, 4, 8, 16)]}
+
+    _edit_results(run, edit)
+    return run
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}: run with CORAL_BENCH_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"report.md differs from {path} (CORAL_BENCH_UPDATE_GOLDEN=1 to accept)"
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("three-runs")
+    write_report([MTBENCH4, ONE, NO_DRAFTERS], out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# golden files and determinism
+
+
+def test_single_run_markdown_matches_golden(tmp_path):
+    files = write_report([MTBENCH4], tmp_path)
+    _golden("mtbench4.md", files.markdown.read_text())
+
+
+def test_three_runs_markdown_matches_golden(three_runs):
+    _golden("three-runs.md", (three_runs / "report.md").read_text())
+
+
+def test_rerendering_is_byte_for_byte_identical(tmp_path, three_runs):
+    write_report([MTBENCH4, ONE, NO_DRAFTERS], tmp_path)
+    names = sorted(p.relative_to(three_runs) for p in three_runs.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    for name in names:
+        assert (three_runs / name).read_bytes() == (tmp_path / name).read_bytes(), name
+
+
+def test_svg_figures_carry_no_date_or_creator(three_runs):
+    for svg in (three_runs / "report-figures").glob("*.svg"):
+        text = svg.read_text()
+        assert "<dc:date>" not in text and "Matplotlib v" not in text, svg.name
+
+
+def test_markdown_links_every_figure_it_writes(three_runs):
+    md = (three_runs / "report.md").read_text()
+    figures = sorted(p.name for p in (three_runs / "report-figures").glob("*.svg"))
+    assert figures == ["accepted.svg", "reach.svg", "speedup.svg", "time-split.svg"]
+    for name in figures:
+        assert f"](report-figures/{name})" in md
+
+
+def test_report_reads_result_files_without_torch(tmp_path):
+    code = ("import sys; from pathlib import Path; from coral_bench.report import write_report; "
+            f"write_report([Path({str(MTBENCH4)!r})], Path({str(tmp_path)!r})); "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert (tmp_path / "report.html").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# content
+
+
+def test_headline_numbers_come_from_results_json(tmp_path):
+    md = write_report([MTBENCH4], tmp_path).markdown.read_text()
+    results = json.loads((MTBENCH4 / "results.json").read_text())
+    for label, entry in results["drafters"].items():
+        lo, hi = entry["speedup_ci95"]
+        assert f"{entry['speedup']:.2f}× [{lo:.2f}, {hi:.2f}]" in md, label
+        assert f"{entry['tau_pooled']:.2f}" in md
+    assert "oracle (upper bound)" in md
+    assert "Published reference numbers" in md and "3.46×" in md and "secondary source" in md
+    for category in ("writing", "roleplay", "reasoning", "math"):
+        assert f"| {category} " in md
+    assert "| turn 1 " in md and "| turn 2 " in md
+    assert results["provenance"]["date"] in md and results["provenance"]["git_hash"] in md
+
+
+def test_one_question_one_drafter_has_the_essential_parts(tmp_path):
+    files = write_report([ONE], tmp_path)
+    md = files.markdown.read_text()
+    assert "## Headline" in md and "| pl2 " in md
+    assert {p.name for p in files.figures} >= {"speedup.svg", "reach.svg", "time-split.svg"}
+    for figure in files.figures:
+        assert figure.stat().st_size > 1000 and figure.read_text().lstrip().startswith("<?xml")
+    assert "## Acceptance" in md and "## Where the time goes" in md
+
+
+def test_future_fields_add_their_sections(tmp_path):
+    run = _future_run(tmp_path / "future")
+    files = write_report([run], tmp_path / "out")
+    md = files.markdown.read_text()
+    assert "## Predicted vs measured speedup" in md and "## LM-head share of drafting time" in md
+    assert "## Verification cost T_V(n)" in md and "| context 256 |      16 | 26.000 |" in md
+    assert {p.name for p in files.figures} >= {"predicted.svg", "verification-cost.svg"}
+    assert "Not in these runs" not in md
+
+
+def test_unknown_profile_shape_is_named_not_fatal(tmp_path):
+    run = _copy(ONE, tmp_path / "run")
+    _edit_results(run, lambda d: d.update(profile={"something": 1}))
+    md = write_report([run], tmp_path / "out").markdown.read_text()
+    assert "has a `profile` section but no T_V(n) points" in md
+    assert tv_points({"t_v": {"nodes": [1, 2], "seconds": [0.1, 0.2]}}) == {"": [(1, 0.1), (2, 0.2)]}
+
+
+def test_sampled_run_without_equality_fields(tmp_path):
+    run = _copy(ONE, tmp_path / "run")
+
+    def edit(data):
+        data["config"]["sampling"]["temperature"] = 1.0
+        for entry in (*data["drafters"].values(), *data["peers"].values()):
+            for key in ("identical", "ties", "mismatches", "equal_to_vanilla", "tie_threshold"):
+                entry.pop(key, None)
+        data["peers"]["hf-vanilla"].update(cycles=None, reach_by_depth=None, accept_histogram=None)
+
+    _edit_results(run, edit)
+    md = write_report([run], tmp_path / "out").markdown.read_text()
+    assert "not checked (T > 0)" in md and "T = 1, so equality with vanilla is not checked" in md
+
+
+def test_malformed_record_is_one_line(tmp_path):
+    run = _copy(ONE, tmp_path / "run")
+    _edit_results(run, lambda d: d["drafters"]["pl2"].update(new_tokens="many"))
+    with pytest.raises(ReportError, match="the record of 'pl2' has a malformed field"):
+        load_run(run)
+
+
+def test_markdown_table_escapes_pipes_and_right_aligns_numbers():
+    text = markdown_table(Table(("name", "value"), (("a|b", "1.50"), ("c", "–"))))
+    assert text.splitlines() == ["| name | value |", "| ---- | ----: |", "| a\\|b |  1.50 |", "| c    |     – |"]
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: one clear line, never a traceback
+
+
+def _cli(*args: str):
+    from coral_bench.cli import main
+
+    return CliRunner().invoke(main, ["report", *args])
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(ReportError, match="not a coral-bench run directory"):
+        load_run(tmp_path)
+    result = _cli(str(tmp_path))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "not a coral-bench run directory (no results.json)" in result.output
+
+
+def test_missing_and_unfinished_run_directories(tmp_path):
+    with pytest.raises(ReportError, match="does not exist"):
+        load_run(tmp_path / "nope")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ReportError, match="unfinished run .*--resume"):
+        load_run(tmp_path)
+
+
+def test_newer_schema_is_refused(tmp_path):
+    run = _copy(ONE, tmp_path / "run")
+    _edit_results(run, lambda d: d.update(schema_version=99))
+    with pytest.raises(ReportError, match="schema_version 99, newer than this coral-bench reads"):
+        load_run(run)
+    result = _cli(str(run), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "schema_version 99" in result.output and "Traceback" not in result.output
+
+
+def test_corrupt_files_name_the_file(tmp_path):
+    run = _copy(ONE, tmp_path / "run")
+    (run / "results.json").write_text("{ not json")
+    with pytest.raises(ReportError, match="results.json is not valid JSON"):
+        load_run(run)
+    run2 = _copy(ONE, tmp_path / "run2")
+    _edit_results(run2, lambda d: d.pop("baseline"))
+    with pytest.raises(ReportError, match="lacks the 'baseline' section"):
+        load_run(run2)
+    run3 = _copy(ONE, tmp_path / "run3")
+    with open(run3 / "cycles.jsonl", "a") as f:
+        f.write("{broken\n")
+    with pytest.raises(ReportError, match=r"cycles.jsonl:\d+: corrupt cycle line"):
+        load_run(run3)
+
+
+def test_run_without_drafters_says_so(tmp_path):
+    md = write_report([NO_DRAFTERS], tmp_path).markdown.read_text()
+    assert "has no drafters" in md and "rerun with --drafter" in md
+    assert "| vanilla " in md and "| hf-vanilla " in md
+
+
+def test_missing_cycles_file_is_reported(tmp_path):
+    run = _copy(ONE, tmp_path / "run")
+    (run / "cycles.jsonl").unlink()
+    md = write_report([run], tmp_path / "out").markdown.read_text()
+    assert "no cycles.jsonl, so no per-cycle time split" in md
+
+
+def test_cli_writes_into_the_first_run_directory_by_default(tmp_path):
+    run = _copy(ONE, tmp_path / "run")
+    result = _cli(str(run))
+    assert result.exit_code == 0, result.output
+    assert (run / "report.md").exists() and (run / "report.html").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the HTML in headless Chromium, through chromedriver's W3C WebDriver API (urllib, no selenium)
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+def _browser() -> tuple[str, str]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if chromium and driver:
+        return chromium, driver
+    reason = "chromium / chromedriver not installed (run tests/install_chromium.sh as root)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason + "; CI=true needs them")
+    pytest.skip(reason)
+
+
+class WebDriver:
+    """The few W3C WebDriver calls this test needs, over urllib."""
+
+    def __init__(self, chromium: str, driver: str, profile: str):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([driver, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self._call("GET", "/status")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    self.proc.kill()
+                    raise
+                time.sleep(0.1)
+        options = {"binary": chromium, "args": [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]}
+        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options,
+                                                 "goog:loggingPrefs": {"browser": "ALL"}}}}
+        self.session = self._call("POST", "/session", caps)["sessionId"]
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())["value"]
+
+    def get(self, url: str) -> None:
+        self._call("POST", f"/session/{self.session}/url", {"url": url})
+
+    def run(self, script: str):
+        return self._call("POST", f"/session/{self.session}/execute/sync", {"script": script, "args": []})
+
+    def console(self) -> list[dict]:
+        return self._call("POST", f"/session/{self.session}/se/log", {"type": "browser"})
+
+    def close(self) -> None:
+        try:
+            self._call("DELETE", f"/session/{self.session}")
+        finally:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+
+
+def test_missing_browser_fails_under_ci_and_skips_otherwise(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true needs them"):
+        _browser()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="install_chromium.sh"):
+        _browser()
+
+
+def test_html_renders_in_headless_chromium(tmp_path):
+    chromium, driver = _browser()
+    future = _future_run(tmp_path / "future")
+    files = write_report([MTBENCH4, ONE, NO_DRAFTERS, future], tmp_path / "out")
+    browser = WebDriver(chromium, driver, tempfile.mkdtemp(dir=tmp_path))
+    try:
+        browser.get(files.html.resolve().as_uri())
+        page = browser.run("""
+            const imgs = Array.from(document.images);
+            return {
+              title: document.title,
+              ready: document.readyState,
+              images: imgs.map(i => ({id: i.closest('figure').id, complete: i.complete, width: i.naturalWidth,
+                                      height: i.naturalHeight, shown: i.getBoundingClientRect().width})),
+              headline: document.querySelector('#headline table').innerText,
+              tables: document.querySelectorAll('table.data').length,
+              external: Array.from(document.querySelectorAll('[src],[href]')).map(e => e.getAttribute('src') ||
+                        e.getAttribute('href')).filter(u => !u.startsWith('data:') && !u.startsWith('#')),
+            };""")
+        console = browser.console()
+    finally:
+        browser.close()
+    assert page["ready"] == "complete" and page["title"] == "coral-bench report: 4 runs"
+    assert [e for e in console if e.get("level") in ("SEVERE", "WARNING")] == []
+    assert page["external"] == []  # self-contained: nothing to fetch
+    ids = sorted(i["id"] for i in page["images"])
+    assert ids == sorted(f"fig-{n}" for n in ("speedup", "reach", "accepted", "time-split", "predicted",
+                                              "verification-cost"))
+    for image in page["images"]:
+        assert image["complete"] and image["width"] > 0 and image["height"] > 0 and image["shown"] > 0, image
+    results = json.loads((MTBENCH4 / "results.json").read_text())
+    oracle = results["drafters"]["oracle"]
+    assert f"{oracle['speedup']:.2f}×" in page["headline"] and f"{oracle['tau_pooled']:.2f}" in page["headline"]
+    assert f"{results['baseline']['tokens_per_s']:.1f}" in page["headline"]
+    assert page["tables"] >= 10
