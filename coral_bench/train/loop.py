@@ -1,0 +1,694 @@
+"""Drafter training for EAGLE-2, HASS and CORAL (METHODS.md §5): the unroll, the optimiser, resumable
+checkpoints, held-out metrics, and data-parallel training with Hugging Face Accelerate (DDP).
+
+One optimizer step = one global batch (``batching.plan_epoch``): every process runs its shard
+through the n-step masked forward (``multistep.py``) under optional bf16 autocast, the losses
+(``losses.py``) are normalised by global counts, and **one** backward follows (CORAL's CSRA couples
+the steps). Then gradients are clipped by value (0.5) and AdamW (β = 0.9, 0.95) steps under a warmup
++ cosine/linear schedule.
+
+Output folder ``out``::
+
+    config.json, model.safetensors   the drafter in the EAGLE layout (bf16, no embedding copy), written
+                                     at the end; its config's ``coral_bench`` section records the method,
+                                     every setting, the data manifest hash, the budget and the git hash
+    train-log.jsonl                  one line per optimizer step and per evaluation
+    training-state/state.pt          model, optimizer, scheduler, RNG states and data position, every
+                                     ``checkpoint_every`` steps and at the end (``resume=True`` continues)
+
+Determinism: the data order is a function of (seed, epoch), the feature noise of (seed, step, store
+index), so an interrupted and resumed run equals an uninterrupted one, and a 2-process run equals a
+1-process run with the same global batches (fp64, up to summation order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..drafters.checkpoint import save_checkpoint
+from ..drafters.eagle_model import EagleConfig, EagleModel
+from ..target import Target
+from .batching import TrainBatch, collate, feature_noise, mix_seed, plan_epoch, shard, slot_count, split_eval
+from .losses import (CombinedLoss, LossInputs, LossSettings, SingleProcess, TorchDistributed, combine, loss_parts)
+from .multistep import HISTORY, MultiStepDrafter, step_valid
+from .store import MANIFEST, FeatureStore, read_manifest
+
+STATE_DIR = "training-state"
+STATE_FILE = "state.pt"
+LOG_FILE = "train-log.jsonl"
+DTYPES = ("fp32", "bf16", "fp64")  # bf16 = fp32 master weights + bf16 autocast
+SCHEDULES = ("cosine", "linear", "constant")
+INITS = ("identity", "random")
+RESIDUAL_INIT_SCALE = 0.1
+INIT_DESCRIPTIONS = {
+    "identity": "fan-in normal weights, then fc's feature half = identity and o_proj, down_proj scaled by 0.1: "
+                "at init f_hat(t+1) = f(t) + W_e embed(x(t+1)) + a small correction",
+    "random": "fan-in normal weights (EagleModel.init_random)",
+}
+# Settings a resumed run may change without changing the result.
+RESUMABLE_CHANGES = ("checkpoint_every",)
+
+
+class TrainError(ValueError):
+    """Training that cannot start or continue (bad settings, mismatched resume, unusable data)."""
+
+
+@dataclass(frozen=True)
+class MethodDefaults:
+    steps: int  # unroll steps n
+    distill_weight: float  # HASS top-K distillation
+    csra_weight: float  # CORAL λ
+    description: str
+
+
+METHODS: dict[str, MethodDefaults] = {
+    "eagle2": MethodDefaults(1, 0.0, 0.0, "EAGLE: one step, SmoothL1 + 0.1·soft CE"),
+    "hass": MethodDefaults(3, 1.0, 0.0, "HASS: 3-step harmonized context alignment + top-K distillation"),
+    "coral": MethodDefaults(3, 1.0, 0.1, "CORAL: HASS + λ·CSRA (cross-step InfoNCE), one backward"),
+}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that determines a training run (recorded in the checkpoint)."""
+
+    method: str
+    steps: int  # unroll steps n (1 for eagle2, 3 for hass/coral by default)
+    loss: LossSettings
+    epochs: int = 1
+    lr: float = 3e-4  # EAGLE/HASS use 3e-5 for 7B drafters; small drafters and short runs want more (untuned)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_steps: int | None = None  # None: 5 % of all optimizer steps (at least 1)
+    schedule: str = "cosine"  # decay to 0 after the warmup
+    grad_clip_value: float = 0.5
+    feature_noise: float = 0.05  # U(−a, a)·RMS(f_t) on step-1 input features
+    batch_tokens: int = 2048  # global batch: rows × longest slot count ≤ this
+    seed: int = 0
+    dtype: str = "fp32"
+    checkpoint_every: int = 0  # optimizer steps; 0 = only at the end
+    eval_fraction: float = 0.02
+    history: str = "keep-real"  # slots t < j − 1 at step j: keep the real feature (HASS) or exclude
+    detach_step_inputs: bool = True  # HASS: step j > 1 inputs are detached
+    init: str = "identity"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.method in METHODS, f"method must be one of {tuple(METHODS)}, not {self.method!r}"),
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.dtype in DTYPES, f"dtype must be one of {DTYPES}"),
+            (self.history in HISTORY, f"history must be one of {HISTORY}"),
+            (self.init in INITS, f"init must be one of {INITS}"),
+            (self.batch_tokens >= 1, "batch_tokens must be >= 1"),
+            (self.grad_clip_value > 0, "grad_clip_value must be > 0"),
+            (self.feature_noise >= 0, "feature_noise must be >= 0"),
+            (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
+            (0 <= self.eval_fraction < 1, "eval_fraction must be in [0, 1)"),
+            (self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TrainError(message)
+        if self.loss.csra_weight and self.steps < 2:
+            raise TrainError("CSRA aligns steps: it needs steps >= 2")
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["betas"] = list(self.betas)
+        return body
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> "TrainSettings":
+        body = dict(body)
+        body["loss"] = LossSettings(**body["loss"])
+        body["betas"] = tuple(body["betas"])
+        return cls(**body)
+
+
+def settings_for(method: str, steps: int | None = None, **overrides: Any) -> TrainSettings:
+    """The method's defaults (steps, distillation, CSRA) with ``overrides``; loss fields
+    (``csra_weight``, ``distill_k``…) may be given directly."""
+    if method not in METHODS:
+        raise TrainError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
+    d = METHODS[method]
+    loss_names = {f.name for f in fields(LossSettings)}
+    loss_kw = {k: overrides.pop(k) for k in list(overrides) if k in loss_names}
+    loss = LossSettings(**{"distill_weight": d.distill_weight, "csra_weight": d.csra_weight, **loss_kw})
+    return TrainSettings(method=method, steps=d.steps if steps is None else steps, loss=loss, **overrides)
+
+
+# ---- reporting ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepLog:
+    """One optimizer step (a line of train-log.jsonl)."""
+
+    step: int  # optimizer steps done, 1-based
+    epoch: int
+    lr: float
+    loss: float
+    terms: dict[str, float]  # part name → global mean, e.g. "regression/1", "csra/1-2"
+    slots: int  # drafter slots (tokens) in this step's global batch
+    tokens: int  # cumulative slots trained on
+    tokens_per_s: float
+    elapsed_s: float  # training wall time so far (across resumptions)
+    total_steps: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "step", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Held-out metrics on the eval split."""
+
+    step: int
+    epoch: int
+    loss: float
+    terms: dict[str, float]
+    accuracy: tuple[float, ...]  # [n] top-1 agreement with the target's argmax at depth j (slots t ≥ j − 1)
+    slots: int
+
+    def to_json(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["accuracy"] = list(self.accuracy)
+        return {"kind": "eval", **body}
+
+
+class Reporter(Protocol):
+    def start(self, total_steps: int, done_steps: int, description: str) -> None: ...
+    def step(self, log: StepLog) -> None: ...
+    def evaluated(self, result: EvalResult) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullReporter:
+    def start(self, total_steps: int, done_steps: int, description: str) -> None:
+        pass
+
+    def step(self, log: StepLog) -> None:
+        pass
+
+    def evaluated(self, result: EvalResult) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _term_summary(terms: dict[str, float]) -> dict[str, float]:
+    """Mean of each term family over steps/pairs (for one-line displays)."""
+    groups: dict[str, list[float]] = {}
+    for name, value in terms.items():
+        if not math.isnan(value):
+            groups.setdefault(name.split("/")[0], []).append(value)
+    return {k: sum(v) / len(v) for k, v in groups.items()}
+
+
+class RichReporter:
+    """A rich progress bar: loss terms, tokens/s, elapsed and ETA (main process only)."""
+
+    def __init__(self, console=None):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+        self._bar = None
+        self._task = None
+
+    def start(self, total_steps: int, done_steps: int, description: str) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                             TextColumn("{task.fields[info]}"), console=self.console)
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total_steps, completed=done_steps, info="")
+
+    def step(self, log: StepLog) -> None:
+        parts = [f"loss {log.loss:.4g}"] + [f"{k} {v:.4g}" for k, v in _term_summary(log.terms).items()]
+        parts.append(f"{log.tokens_per_s:,.0f} tok/s")
+        self._bar.update(self._task, completed=log.step, info=" · ".join(parts))
+
+    def evaluated(self, result: EvalResult) -> None:
+        acc = " ".join(f"{a:.3f}" for a in result.accuracy)
+        self.console.print(f"eval @ step {result.step} (epoch {result.epoch + 1}): loss {result.loss:.4g}, "
+                           f"top-1 by depth {acc}", highlight=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+# ---- model --------------------------------------------------------------------------------------
+@torch.no_grad()
+def init_drafter(model: EagleModel, generator: torch.Generator, kind: str = "identity") -> None:
+    """Initial weights. ``random``: fan-in normal everywhere (``EagleModel.init_random``).
+    ``identity`` (default): the same, then fc's feature half = I and the residual branches (o_proj,
+    down_proj) scaled by 0.1, so at init f̂_{t+1} ≈ f_t + W_e·embed(x_{t+1}) + a small correction: the
+    drafter starts from "the next feature is the current one" and learns the change."""
+    model.init_random(generator)
+    if kind == "random":
+        return
+    h = model.config.hidden_size
+    model.fc.weight[:, h:] = torch.eye(h, dtype=model.fc.weight.dtype, device=model.fc.weight.device)
+    layer = model.layers[0]
+    layer.self_attn.o_proj.weight.mul_(RESIDUAL_INIT_SCALE)
+    layer.mlp.down_proj.weight.mul_(RESIDUAL_INIT_SCALE)
+
+
+def drafter_config(target: Target) -> EagleConfig:
+    return EagleConfig.from_dict(target.model.config.to_dict(), vocab_size=target.vocab_size,
+                                 max_position_embeddings=target.max_context)
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the base lr for optimizer step ``step`` (0-based): linear warmup, then decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+
+
+# ---- data -------------------------------------------------------------------------------------
+def manifest_sha256(store_path: Path) -> str:
+    return hashlib.sha256((Path(store_path) / MANIFEST).read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The store, its split and every epoch's plan."""
+
+    store: FeatureStore = field(repr=False)
+    lengths: tuple[int, ...]  # [S] tokens per store sequence
+    train: tuple[int, ...]  # store indices
+    eval: tuple[int, ...]
+    skipped: int  # sequences without any loss slot
+    plans: tuple[tuple[tuple[int, ...], ...], ...]  # [epochs][batches] global batches
+    eval_plan: tuple[tuple[int, ...], ...]
+    manifest_sha256: str
+
+    @classmethod
+    def open(cls, path: Path, settings: TrainSettings, processes: int, hidden: int) -> "TrainingData":
+        store = FeatureStore(path)
+        if len(store) == 0:
+            raise TrainError(f"feature store {path} holds no sequences")
+        lengths = tuple(int(n) for n in store.lengths())
+        usable = []
+        for i in range(len(store)):
+            seq = store[i]
+            if seq.features.shape[1] != hidden:
+                raise TrainError(f"feature store {path} has hidden size {seq.features.shape[1]}, "
+                                 f"the target {hidden}")
+            if lengths[i] >= 3 and bool(seq.loss_mask[2:].any()):
+                usable.append(i)
+        if not usable:
+            raise TrainError(f"feature store {path} has no sequence with a loss slot")
+        train, held = split_eval(usable, settings.eval_fraction, settings.seed)
+        plans = tuple(tuple(plan_epoch(train, lengths, settings.batch_tokens, processes, settings.seed, e))
+                      for e in range(settings.epochs))
+        eval_plan = tuple(plan_epoch(held, lengths, settings.batch_tokens, 1, settings.seed, 0, shuffle=False)) if held else ()
+        return cls(store, lengths, train, held, len(store) - len(usable), plans, eval_plan, manifest_sha256(path))
+
+    def slots_of(self, batch: tuple[int, ...]) -> int:
+        return sum(slot_count(self.lengths[i]) for i in batch)
+
+
+# ---- one batch ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Frozen:
+    """The target's frozen embedding and LM head, in the dtypes training needs."""
+
+    target: Target
+    dtype: torch.dtype  # master dtype of the drafter
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.target.embed(ids.to(self.target.device)).to(self.dtype)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.target.logits_from_features(features.to(self.target.dtype))
+
+    @torch.no_grad()
+    def target_logp(self, features: torch.Tensor) -> torch.Tensor:  # [N, V] exact, outside autocast
+        with torch.autocast(features.device.type, enabled=False):
+            logits = self.target.logits_from_features(features.to(self.target.dtype))
+            return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+
+
+def _autocast(settings: TrainSettings, device: torch.device):
+    if settings.dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def batch_loss(module: torch.nn.Module, batch: TrainBatch, frozen: Frozen, settings: TrainSettings,
+               world) -> tuple[CombinedLoss, LossInputs]:
+    """The forward of one process's shard and the combined (globally normalised) loss."""
+    device = frozen.target.device
+    batch = batch.to(device)
+    emb = frozen.embed(batch.next_ids)
+    valid = step_valid(batch.valid, settings.steps, settings.history)
+    target_logp = frozen.target_logp(batch.targets[batch.valid])
+    with _autocast(settings, device):
+        outputs = module(emb, batch.features, batch.positions)
+        inputs = LossInputs(pred=outputs, valid=valid, target=batch.targets, rows=batch.valid,
+                            target_logp=target_logp, head=frozen.head, world=world)
+        combined = combine(loss_parts(inputs, settings.loss), world)
+    return combined, inputs
+
+
+@torch.no_grad()
+def evaluate(core: MultiStepDrafter, data: TrainingData, frozen: Frozen, settings: TrainSettings,
+             step: int, epoch: int) -> EvalResult | None:
+    """Held-out losses and top-1 agreement by depth (one process, the whole eval split)."""
+    if not data.eval_plan:
+        return None
+    was_training = core.training
+    core.eval()
+    one = SingleProcess()
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    weights: dict[str, float] = {}
+    hits = [0] * settings.steps
+    seen = [0] * settings.steps
+    slots = 0
+    for batch_ids in data.eval_plan:
+        batch = collate(data.store, batch_ids, frozen.dtype)
+        slots += batch.slots
+        combined, inputs = batch_loss(core, batch, frozen, settings, one)
+        for name, value in combined.terms.items():
+            n = combined.counts[name]
+            if n:
+                sums[name] = sums.get(name, 0.0) + value * n
+                counts[name] = counts.get(name, 0) + n
+        weights.update(combined.weights)
+        greedy = inputs.target_logp.argmax(-1)  # [N]
+        t = batch.positions.to(inputs.rows.device)[inputs.rows]  # [N] slot index of each row
+        for j in range(1, settings.steps + 1):
+            keep = t >= j - 1  # true depth-j predictions only
+            agree = inputs.pred_logp(j).argmax(-1) == greedy
+            hits[j - 1] += int((agree & keep).sum())
+            seen[j - 1] += int(keep.sum())
+    core.train(was_training)
+    terms = {k: sums[k] / counts[k] for k in sums}
+    loss = sum(weights.get(k, 0.0) * v for k, v in terms.items())
+    return EvalResult(step=step, epoch=epoch, loss=loss, terms=terms,
+                      accuracy=tuple(h / max(s, 1) for h, s in zip(hits, seen)), slots=slots)
+
+
+# ---- state --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Position:
+    """Where training stands: the next batch to run and what was done."""
+
+    epoch: int = 0
+    batch: int = 0  # index into plans[epoch]
+    optimizer_steps: int = 0
+    tokens: int = 0
+    wall_time_s: float = 0.0
+
+
+def _rng_states() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(np.asarray(keys).astype(np.int64)), int(pos), int(has_gauss), float(cached))}
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _save_state(path: Path, model: EagleModel, optimizer, scheduler, position: Position, settings: TrainSettings,
+                manifest: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": _rng_states(), "position": asdict(position), "settings": settings.to_dict(),
+            "manifest_sha256": manifest}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(body, tmp)
+    os.replace(tmp, path)
+
+
+def _settings_differences(saved: dict[str, Any], now: TrainSettings) -> list[str]:
+    current = now.to_dict()
+    return [f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in sorted(set(saved) | set(current))
+            if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
+
+
+def _truncate_log(path: Path, steps: int) -> None:
+    """Keep the log lines of the first ``steps`` optimizer steps (work after the checkpoint is redone)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a torn last line
+        if rec.get("step", 0) <= steps:
+            kept.append(line)
+    path.write_text("".join(k + "\n" for k in kept))
+
+
+# ---- the run ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    optimizer_steps: int
+    tokens: int
+    wall_time_s: float
+    eval: EvalResult | None
+    metadata: dict[str, Any]
+
+
+def train(
+    store_path: str | Path,
+    out: str | Path,
+    settings: TrainSettings,
+    target: Target,
+    *,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    target_name: str | None = None,
+    command: str | None = None,
+) -> TrainResult:
+    """Train a drafter for ``target`` on a feature store and write it to ``out`` (see the module doc).
+
+    Under ``accelerate launch`` (or with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set) every process
+    calls this with the same arguments; process 0 writes the files.
+    """
+    from accelerate import Accelerator
+
+    from .. import provenance
+
+    acc = Accelerator(cpu=target.device.type == "cpu")
+    world = TorchDistributed(acc.num_processes, acc.process_index) if acc.num_processes > 1 else SingleProcess()
+    is_main = acc.is_main_process
+    reporter = reporter if (reporter is not None and is_main) else NullReporter()
+    out = Path(out)
+    state_path = out / STATE_DIR / STATE_FILE
+    log_path = out / LOG_FILE
+    master = torch.float64 if settings.dtype == "fp64" else torch.float32
+    target.model.requires_grad_(False)  # frozen embedding and LM head
+    frozen = Frozen(target, master)
+
+    _check_store(read_manifest(Path(store_path)), target, store_path)  # before reading any shard
+    data = TrainingData.open(Path(store_path), settings, acc.num_processes, target.hidden_size)
+    total_steps = sum(len(p) for p in data.plans)
+    warmup = settings.warmup_steps if settings.warmup_steps is not None else max(1, round(0.05 * total_steps))
+
+    model = EagleModel(drafter_config(target))
+    init_drafter(model, torch.Generator().manual_seed(mix_seed(settings.seed, 0x1417)), settings.init)
+    model = model.to(device=target.device, dtype=master)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=settings.betas,
+                                  weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup, total_steps, settings.schedule))
+
+    position = Position()
+    if state_path.exists():
+        if not resume:
+            raise TrainError(f"{out} holds a training state: continue it with --resume, or choose another --out")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        diff = _settings_differences(state["settings"], settings)
+        if diff:
+            raise TrainError(f"cannot resume {out} with different settings: {'; '.join(diff)}")
+        if state["manifest_sha256"] != data.manifest_sha256:
+            raise TrainError(f"cannot resume {out}: the feature store changed since the checkpoint")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_states(state["rng"])
+        position = Position(**state["position"])
+        if is_main:
+            _truncate_log(log_path, position.optimizer_steps)
+    elif (out / "config.json").exists():
+        raise TrainError(f"{out} already holds a drafter; choose another --out")
+    acc.wait_for_everyone()
+
+    core = MultiStepDrafter(model, settings.steps, settings.detach_step_inputs).train()
+    module, optimizer = acc.prepare(core, optimizer)
+    rank, processes = acc.process_index, acc.num_processes
+
+    def save() -> None:
+        if is_main:
+            _save_state(state_path, model, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                        scheduler, position, settings, data.manifest_sha256)
+
+    def log(record: dict[str, Any]) -> None:
+        if is_main:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    last_eval: EvalResult | None = None
+    reporter.start(total_steps, position.optimizer_steps, f"{settings.method} · {out.name}")
+    try:
+        epoch, b = position.epoch, position.batch
+        while epoch < settings.epochs:
+            plan = data.plans[epoch]
+            while b < len(plan):
+                t0 = time.perf_counter()
+                global_batch = plan[b]
+                batch = collate(data.store, shard(global_batch, data.lengths, rank, processes), master)
+                noisy = batch.features + feature_noise(batch, settings.feature_noise, settings.seed,
+                                                       position.optimizer_steps)
+                batch = replace(batch, features=noisy)
+                combined, _ = batch_loss(module, batch, frozen, settings, world)
+                # DDP averages gradients over processes; the shares sum to the global loss.
+                acc.backward(combined.local * processes)
+                acc.clip_grad_value_(model.parameters(), settings.grad_clip_value)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                dt = time.perf_counter() - t0
+                slots = data.slots_of(global_batch)
+                b += 1
+                position = Position(epoch, b, position.optimizer_steps + 1, position.tokens + slots,
+                                    position.wall_time_s + dt)
+                record = StepLog(step=position.optimizer_steps, epoch=epoch, lr=lr, loss=combined.value,
+                                 terms=combined.terms, slots=slots, tokens=position.tokens,
+                                 tokens_per_s=slots / dt if dt > 0 else 0.0, elapsed_s=position.wall_time_s,
+                                 total_steps=total_steps)
+                log(record.to_json())
+                if b == len(plan):  # end of epoch: held-out metrics (process 0), then move on
+                    if is_main:
+                        last_eval = evaluate(core, data, frozen, settings, position.optimizer_steps, epoch)
+                        if last_eval is not None:
+                            log(last_eval.to_json())
+                            reporter.evaluated(last_eval)
+                    position = Position(epoch + 1, 0, position.optimizer_steps, position.tokens, position.wall_time_s)
+                    acc.wait_for_everyone()
+                if settings.checkpoint_every and position.optimizer_steps % settings.checkpoint_every == 0:
+                    save()
+                reporter.step(record)
+            epoch, b = position.epoch, position.batch
+        save()
+    finally:
+        reporter.close()
+
+    if last_eval is None and is_main and state_path.exists() and position.optimizer_steps:
+        last_eval = _last_logged_eval(log_path)
+    metadata = {
+        "method": settings.method,
+        "description": METHODS[settings.method].description,
+        "loss": settings.loss.to_dict(),
+        "settings": settings.to_dict(),
+        "multistep": {"steps": settings.steps, "history": settings.history,
+                      "detach_step_inputs": settings.detach_step_inputs,
+                      "attention": "step-1 keys at slots <= t-(j-1) + one key per earlier step at t-(j-i), "
+                                   "RoPE at token positions"},
+        "optimizer": {"name": "AdamW", "lr": settings.lr, "betas": list(settings.betas),
+                      "weight_decay": settings.weight_decay, "warmup_steps": warmup, "schedule": settings.schedule,
+                      "grad_clip": {"by": "value", "value": settings.grad_clip_value}},
+        "feature_noise": {"kind": "uniform, relative to each slot's feature RMS",
+                          "formula": "f_t + U(-a, a) * rms(f_t)", "a": settings.feature_noise},
+        "objective": "sum over steps j of step_decay^(j-1) * (regression_weight * SmoothL1_j + ce_weight * CE_j "
+                     "+ distill_weight * TopK_j) + csra_weight * mean over ordered step pairs of InfoNCE; every "
+                     "term is a mean over the global batch's valid slots; one backward",
+        "init": {"kind": settings.init, "description": INIT_DESCRIPTIONS[settings.init]},
+        "data": {"store": str(store_path), "manifest_sha256": data.manifest_sha256,
+                 "target": data.store.manifest.get("target"), "train_sequences": len(data.train),
+                 "eval_sequences": len(data.eval), "skipped_sequences": data.skipped,
+                 "batch_tokens": settings.batch_tokens, "batching": "length-bucketed, padded, token budget"},
+        "budget": {"epochs": settings.epochs, "optimizer_steps": position.optimizer_steps,
+                   "tokens": position.tokens, "wall_time_s": round(position.wall_time_s, 3),
+                   "processes": processes, "dtype": settings.dtype,
+                   "distributed": "DDP (Accelerate)" if processes > 1 else "single process"},
+        "eval": None if last_eval is None else last_eval.to_json(),
+        "deviations": _deviations(settings),
+        "target": target_name or target.name,
+        "git_hash": provenance.git_hash(),
+        "coral_bench_version": provenance.coral_bench_version(),
+        "torch": torch.__version__,
+        "command": command,
+    }
+    if is_main:
+        save_checkpoint(out, model, target.embedding_weight(), target.max_context, metadata=metadata)
+    acc.wait_for_everyone()
+    return TrainResult(out=out, optimizer_steps=position.optimizer_steps, tokens=position.tokens,
+                       wall_time_s=position.wall_time_s, eval=last_eval, metadata=metadata)
+
+
+def _check_store(manifest: dict[str, Any], target: Target, where: str | Path) -> None:
+    """Refuse ids-only and unfinished stores, and stores built with another target's embedding."""
+    from ..drafters.checkpoint import embedding_sha256
+
+    if "features" in manifest and manifest["features"] is None:
+        raise TrainError(f"{where} is an ids-only store: compute its features first (gen-data --from-ids)")
+    if manifest.get("complete") is False:
+        raise TrainError(f"{where} is incomplete: finish it first (gen-data --resume)")
+    identity = manifest.get("target")
+    want = identity.get("embedding_sha256") if isinstance(identity, dict) else None
+    if want is not None and want != embedding_sha256(target.embedding_weight()):
+        raise TrainError(f"{where} was built with another target ({identity.get('name')}): token embeddings differ")
+
+
+def _last_logged_eval(path: Path) -> EvalResult | None:
+    found = None
+    if path.exists():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("kind") == "eval":
+                found = rec
+    if found is None:
+        return None
+    found.pop("kind")
+    found["accuracy"] = tuple(found["accuracy"])
+    return EvalResult(**found)
+
+
+def _deviations(settings: TrainSettings) -> list[str]:
+    notes = [
+        "feature noise is U(-a, a) times each slot's feature RMS (EAGLE: U(-0.1, 0.1) * 512 / length, absolute)",
+        "soft cross-entropy over the full vocabulary (no frequency-restricted vocabulary)",
+        "batches are length-bucketed under a padded-token budget (EAGLE/HASS: fixed sequences per batch)",
+    ]
+    if settings.loss.distill_weight:
+        notes.append("top-K distillation on from the first step in one schedule (HASS: weight 0 first, "
+                     "then weight 1 at a lower lr)")
+    if settings.steps > 1:
+        notes.append(f"slots t < j - 1 at step j: {settings.history} "
+                     + ("(real feature kept, as HASS)" if settings.history == "keep-real" else "(dropped from the loss)"))
+    return notes
