@@ -560,6 +560,8 @@ def _print_estimate(e) -> None:
     for col in ("stage", "predicted", "measured", "measured − predicted"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for row in gap_rows(p, e.measured):
+        if row.predicted == 0 and row.measured is None:
+            continue  # a term this drafter does not have (model-free: no forwards)
         gap = None if row.measured is None else row.measured - row.predicted
         table.add_row(row.stage, _ms(row.predicted), _ms(row.measured), _ms(gap))
     table.add_row("vanilla step (predicted T_AR)", _ms(p.vanilla_per_cycle.total), "", "")

@@ -167,6 +167,13 @@ class Target:
             self._cache.crop(-drop)
         self._pending = 0
 
+    @torch.inference_mode()
+    def discard(self) -> None:
+        """Drop the last scored tree, committing nothing (the profile pass re-scores at one context)."""
+        if self._pending:
+            self._cache.crop(-self._pending)
+            self._pending = 0
+
     def _tree_mask(self, tree: DraftTree, prefix: int) -> torch.Tensor:  # [1, 1, N, P + N]
         # Additive mask: 0 where attention is allowed, the dtype's minimum elsewhere. A boolean or a
         # 1/0 float mask is silently wrong with some attention implementations (METHODS.md §3).
