@@ -79,8 +79,8 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     threads = config.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     load_before = load_average()
-    if config.require_idle and is_busy(load_before, threads):
-        raise BusyMachineError(f"machine is busy (load average {load_before:.2f}); refusing to time (--require-idle)")
+    if config.require_idle and is_busy(load_before):
+        raise BusyMachineError(f"machine is busy ({load_before:.2f} cores busy with other work); refusing to time (--require-idle)")
     peers = _peer_specs(config)  # unknown peers fail here, before a model is loaded
     check_unique([VANILLA, *(d.label for d in config.drafters), *(p.label for p in peers)])
     loaded = load_target(config.target, config.dtype, config.device)

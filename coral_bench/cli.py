@@ -149,8 +149,8 @@ def _print_summary(results: dict) -> None:
         out.print(f"vanilla / hf-vanilla tokens/s: {ratio:.3f} (goal ≥ 0.95; a slow vanilla inflates every speedup)")
     prov = results["provenance"]
     if prov.get("busy_machine"):
-        err.print(f"[bold yellow]WARNING: the machine was busy (load {prov['load_average_before']} → "
-                  f"{prov['load_average_after']}): timings are not trustworthy[/bold yellow]")
+        err.print(f"[bold yellow]WARNING: the machine was busy ({prov['load_average_before']} → "
+                  f"{prov['load_average_after']} cores busy with other work): timings are not trustworthy[/bold yellow]")
 
 
 @main.command()

@@ -633,7 +633,7 @@ def _environment(device: torch.device, dtype: torch.dtype, load_before: float) -
     return {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "threads": threads,
             "clock": "perf_counter" if device.type == "cpu" else f"perf_counter after {device.type} synchronize",
             "load_average_before": round(load_before, 2), "load_average_after": round(load_after, 2),
-            "busy_machine": is_busy(max(load_before, load_after), threads)}
+            "busy_machine": is_busy(max(load_before, load_after))}
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,8 @@ def provenance(loaded: LoadedTarget, threads: int, load_before: float, load_afte
         "chat_template_sha256": template_hash(loaded.tokenizer),
         "load_average_before": round(load_before, 2),
         "load_average_after": round(load_after, 2),
-        "busy_machine": is_busy(max(load_before, load_after), threads),
+        "load_measure": "cores busy with other work, 1 s from /proc/stat (else the 1-minute load average)",
+        "busy_machine": is_busy(max(load_before, load_after)),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
     }
