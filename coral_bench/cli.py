@@ -211,7 +211,7 @@ def report(run_dirs, out):
 @click.option("--max-prompts", type=int, help="Stop after N prompts (default: every prompt that passes the filters).")
 @click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Per response.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--max-batch-tokens", type=int, default=1 << 16, show_default=True, help="Padded prompt tokens per batch.")
+@click.option("--max-batch-tokens", type=int, default=1 << 15, show_default=True, help="Padded prompt tokens per batch.")
 @click.option("--max-prompt-tokens", type=int, default=1024, show_default=True, help="Longer prompts are dropped.")
 @click.option("--turns", type=int, default=1, show_default=True,
               help="User turns per conversation; answers to later turns are generated after the target's own.")
