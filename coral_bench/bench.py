@@ -23,7 +23,7 @@ from .drafters.registry import DRAFTERS, build_drafter
 from .loading import LoadedTarget, load_target
 from .methods import DrafterSpec, MethodError, PeerSpec, check_unique
 from .peers import HF_VANILLA, PEERS, HfPeer, PeerError, PeerFailure, build_peer
-from .provenance import provenance
+from .provenance import provenance, session_event
 from .reference import GreedyReference
 from .records import SampleRecord
 from .sampling import SamplingConfig
@@ -90,7 +90,9 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     config_json = _config_json(config, suite, loaded, max_new, threads, methods, command)
     rd.create_run_dir(out, config_json, resume)
     finished = {r.key: r for r in rd.read_samples(out)}
+    resumed = len(finished)
     rd.prune_cycles(out, set(finished))
+    rd.append_session(out, session_event("start", load_before, command))
     failures = _warm_up(methods, loaded, suite, max_new)  # peers that raise are dropped, with their error
     log = rd.SampleLog(out)
     total = len(methods) * sum(len(q.turns) for q in suite.questions)
@@ -120,7 +122,8 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
                         progress(done, total, method.label)
     finally:
         log.close()
-    provenance_json = provenance(loaded, threads, load_before, load_average(), command)
+    sessions = rd.append_session(out, session_event("end", load_average(), command, len(finished) - resumed))
+    provenance_json = provenance(loaded, threads, sessions, command)
     results = build_results(config_json, provenance_json, list(finished.values()), methods, loaded, suite,
                             config.sampling, failures)
     rd.write_json(out / rd.RESULTS, results)
@@ -235,14 +238,14 @@ def _warm_up(methods: list[Method], loaded: LoadedTarget, suite: Suite, max_new:
 
 
 def _tie_margins(method: str, samples: dict, loaded: LoadedTarget, suite_questions: dict,
-                 suite: Suite) -> tuple[dict, dict]:
+                 suite: Suite) -> tuple[dict, dict, set]:
     """Vanilla's top-2 logit margin at the first divergent position of each differing sample, and a
     per-sample tie bound of two units in the last place of the top logit in the working dtype: logits
     from a bf16 LM head are rounded to that grid, and a tree forward may round them differently
     from a one-row step (METHODS.md §4)."""
     from .stats import first_divergence
 
-    margins, bounds = {}, {}
+    margins, bounds, different_context = {}, {}, set()
     for (label, qid, turn), rec in samples.items():
         if label != method:
             continue
@@ -253,14 +256,14 @@ def _tie_margins(method: str, samples: dict, loaded: LoadedTarget, suite_questio
         prompt = render(loaded.tokenizer, list(question.turns[: turn + 1]),
                         [_answer_text(samples[(method, qid, t)]) for t in range(turn)], suite.system_prompt)
         if prompt != _vanilla_prompt(question, turn, loaded, suite, samples):
-            margins[(qid, turn)] = None  # the contexts differ already: an earlier turn diverged
+            different_context.add((qid, turn))  # an earlier turn diverged: the contexts differ
             continue
         pos = first_divergence(van.output_ids, rec.output_ids)
         out = loaded.target.prefill(torch.tensor(prompt + list(van.output_ids[:pos])))
         top2 = out.logits[0].topk(2).values
         margins[(qid, turn)] = float(top2[0] - top2[1])
         bounds[(qid, turn)] = 2 * _ulp(float(top2[0]), loaded.target.dtype)
-    return margins, bounds
+    return margins, bounds, different_context
 
 
 def _ulp(value: float, dtype: torch.dtype) -> float:
@@ -296,8 +299,8 @@ def build_results(config_json: dict, provenance_json: dict, samples: list[Sample
         entry = summarize(own, max_new).to_json()
         entry.update(compare(own, vanilla, seed=sampling.seed).to_json())
         if sampling.is_greedy:
-            margins, bounds = _tie_margins(method.label, keyed, loaded, questions, suite)
-            entry.update(equality(own, vanilla, margins, TIE_THRESHOLD[loaded.dtype], bounds).to_json())
+            margins, bounds, different = _tie_margins(method.label, keyed, loaded, questions, suite)
+            entry.update(equality(own, vanilla, margins, TIE_THRESHOLD[loaded.dtype], bounds, different).to_json())
         if method.kind == "drafter":
             entry["tree"] = method.tree.describe() if method.tree else None
             entry["parameters"] = method.parameters

@@ -443,8 +443,11 @@ class _Script:
         return want
 
 
-def _children_from_mask(mask: torch.Tensor, n: int) -> list[list[int]]:
-    """Children lists of a tree from ``Target``'s additive mask [1, 1, n, P + n] (parent = deepest ancestor)."""
+def _children_from_mask(mask: torch.Tensor | None, n: int) -> list[list[int]]:
+    """Children lists of a tree from ``Target``'s additive mask [1, 1, n, P + n] (parent = deepest
+    ancestor); no mask: ``Target`` scores chains through the plain causal path."""
+    if mask is None:
+        return [[i + 1] for i in range(n - 1)] + [[]]
     allowed = (mask[0, 0, :, -n:] == 0).cpu()
     idx = torch.arange(n)
     parents = torch.where(allowed & (idx[None, :] < idx[:, None]), idx[None, :], -1).max(dim=1).values.tolist()

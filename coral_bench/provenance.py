@@ -45,7 +45,11 @@ def device_name(device: str) -> str:
     return module.get_device_name() if module is not None and hasattr(module, "get_device_name") else device
 
 
-def provenance(loaded: LoadedTarget, threads: int, load_before: float, load_after: float, command: str) -> dict:
+def provenance(loaded: LoadedTarget, threads: int, sessions: list[dict], command: str) -> dict:
+    """Provenance of a run; machine load is the worst over all its sessions (a session killed before
+    its end has a start line only)."""
+    load_before = max((s["load"] for s in sessions if s["event"] == "start"), default=0.0)
+    load_after = max((s["load"] for s in sessions if s["event"] == "end"), default=0.0)
     return {
         "coral_bench_version": coral_bench_version(),
         "git_hash": git_hash(),
@@ -63,6 +67,16 @@ def provenance(loaded: LoadedTarget, threads: int, load_before: float, load_afte
         "load_average_after": round(load_after, 2),
         "load_measure": "cores busy with other work, 1 s from /proc/stat (else the 1-minute load average)",
         "busy_machine": is_busy(max(load_before, load_after)),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": sessions[0]["date"],
         "command": command,
+        "sessions": sessions,
     }
+
+
+def session_event(event: str, load: float, command: str, samples_added: int | None = None) -> dict:
+    """The start or end of one invocation of a run (the first or a resume)."""
+    record = {"event": event, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "git_hash": git_hash(), "load": round(load, 2), "command": command}
+    if samples_added is not None:
+        record["samples_added"] = samples_added
+    return record

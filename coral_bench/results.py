@@ -6,6 +6,9 @@ Layout of one run (``--out``, default ``runs/<suite>-<timestamp>/``):
 - ``samples.jsonl``   one line per (method, question id, turn), flushed and fsync'd as each finishes.
                       A truncated last line (a crash mid-write) is dropped and redone on resume.
 - ``cycles.jsonl``    per-cycle records of drafted methods (nodes, depth, D, accepted, times).
+- ``sessions.jsonl``  a start and an end line per invocation (the first run and each ``--resume``):
+                      date, git hash, machine load, samples added — a resumed run's timings come
+                      from several sessions, and results report the worst load among them.
 - ``results.json``    summary (schema below), rewritten from the samples at the end of a run.
 
 ``results.json`` (``schema_version`` 1): ``config``, ``provenance``, ``baseline`` (vanilla),
@@ -27,6 +30,7 @@ CONFIG = "config.json"
 SAMPLES = "samples.jsonl"
 CYCLES = "cycles.jsonl"
 RESULTS = "results.json"
+SESSIONS = "sessions.jsonl"  # start and end of each invocation (first run, each resume): when, load, samples
 # Test-only fault injection: crash in the middle of writing the N-th sample line (resume test).
 CRASH_MID_LINE_ENV = "CORAL_BENCH_TEST_CRASH_MID_LINE"
 
@@ -142,3 +146,12 @@ class SampleLog:
     def close(self) -> None:
         self._samples.close()
         self._cycles.close()
+
+
+def append_session(path: Path, session: dict) -> list[dict]:
+    """Record the start or end of an invocation; returns every session line of the run so far."""
+    with open(path / SESSIONS, "a") as f:
+        f.write(json.dumps(session) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return [json.loads(line) for line in (path / SESSIONS).read_text().splitlines() if line.strip()]

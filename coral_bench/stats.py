@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -511,7 +511,9 @@ class Equality:
     """Greedy (T = 0) output equality with vanilla, tie-aware (METHODS.md §4).
 
     A differing sample is a numerical **tie** when vanilla's top-2 margin at the first divergent
-    position is known and below ``tie_threshold``; otherwise it is a **mismatch** (a bug, or an
+    position is known and below ``tie_threshold``; it **follows a tie** when its prompt already
+    differed from vanilla's because an earlier turn of the same question diverged at a tie (a later
+    turn answers the method's own earlier answer); otherwise it is a **mismatch** (a bug, or an
     unknown margin that needs looking at).
     """
 
@@ -519,9 +521,10 @@ class Equality:
     identical: int
     tie_threshold: float
     equal_to_vanilla: float  # identical / pairs
-    equal_to_vanilla_except_ties: float  # (identical + ties) / pairs
+    equal_to_vanilla_except_ties: float  # (identical + ties + after_ties) / pairs
     ties: tuple[Divergence, ...]
     mismatches: tuple[Divergence, ...]
+    after_ties: tuple[Divergence, ...] = ()  # later turns whose context differed after a tie
 
     def to_json(self) -> dict:
         return {
@@ -531,6 +534,7 @@ class Equality:
             "equal_to_vanilla": self.equal_to_vanilla,
             "equal_to_vanilla_except_ties": self.equal_to_vanilla_except_ties,
             "ties": [t.to_json() for t in self.ties],
+            "after_ties": [t.to_json() for t in self.after_ties],
             "mismatches": [m.to_json() for m in self.mismatches],
         }
 
@@ -541,6 +545,7 @@ def equality(
     tie_margins: Mapping[tuple[str, int], float | None],
     tie_threshold: float,
     tie_bounds: Mapping[tuple[str, int], float] | None = None,
+    different_context: Collection[tuple[str, int]] = (),
 ) -> Equality:
     """Compare outputs of samples paired by (question_id, turn) (METHODS.md §4).
 
@@ -548,28 +553,41 @@ def equality(
     position, measured by the caller (this module never runs a model); a missing key or None means
     unknown, which counts as a mismatch: only a known small margin excuses a difference.
     ``tie_bounds`` optionally gives a per-sample bound (e.g. a few ULPs of a bf16 logit's magnitude)
-    that replaces ``tie_threshold`` where it is larger.
+    that replaces ``tie_threshold`` where it is larger. ``different_context`` lists the
+    (question_id, turn) whose prompt differed from vanilla's (an earlier turn diverged): such a
+    sample follows a tie when every earlier differing turn of its question is a tie.
     """
     pairs, _, _ = _pairs(spec, vanilla)
     if not pairs:
         raise ValueError("equality: no (question_id, turn) present on both sides")
     ties: list[Divergence] = []
+    after_ties: list[Divergence] = []
     mismatches: list[Divergence] = []
-    for s, v in pairs:
+    tied_questions: dict[str, bool] = {}  # question → all its differing turns so far were ties
+    for s, v in sorted(pairs, key=lambda p: (p[0].question_id, p[0].turn)):
         pos = first_divergence(s.output_ids, v.output_ids)
         if pos is None:
             continue
-        margin = tie_margins.get((s.question_id, s.turn))
-        bound = max(tie_threshold, (tie_bounds or {}).get((s.question_id, s.turn), 0.0))
+        key = (s.question_id, s.turn)
+        margin = tie_margins.get(key)
+        bound = max(tie_threshold, (tie_bounds or {}).get(key, 0.0))
         d = Divergence(s.question_id, s.turn, pos, None if margin is None else float(margin), float(bound))
-        (ties if margin is not None and margin < bound else mismatches).append(d)
-    identical = len(pairs) - len(ties) - len(mismatches)
+        if key in different_context and tied_questions.get(s.question_id, False):
+            after_ties.append(d)
+        elif margin is not None and margin < bound:
+            ties.append(d)
+            tied_questions.setdefault(s.question_id, True)
+        else:
+            mismatches.append(d)
+            tied_questions[s.question_id] = False
+    identical = len(pairs) - len(ties) - len(after_ties) - len(mismatches)
     return Equality(
         pairs=len(pairs),
         identical=identical,
         tie_threshold=float(tie_threshold),
         equal_to_vanilla=identical / len(pairs),
-        equal_to_vanilla_except_ties=(identical + len(ties)) / len(pairs),
+        equal_to_vanilla_except_ties=(identical + len(ties) + len(after_ties)) / len(pairs),
         ties=tuple(ties),
         mismatches=tuple(mismatches),
+        after_ties=tuple(after_ties),
     )

@@ -130,7 +130,7 @@ class Target:
         if prefix + n > self.max_context:
             raise TargetError(f"context of {prefix + n} tokens exceeds the target's {self.max_context}")
         ids = torch.tensor([tree.tokens], dtype=torch.long, device=self.device)
-        if n == 1:  # plain causal step: the vanilla fast path, no mask machinery
+        if tree.is_chain:  # a chain is causal: the plain path (vanilla's one-node trees included), no mask
             out = self.model.model(input_ids=ids, cache=self._cache, use_cache=True)
         else:
             out = self.model.model(

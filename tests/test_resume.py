@@ -54,3 +54,5 @@ def test_sigkill_and_crash_mid_line_then_resume(tmp_path):
     assert _run(killed, "--resume").returncode == 0
     got = _samples(killed)
     assert sorted(got) == expected and len(set(got)) == len(got)
+    events = [json.loads(line)["event"] for line in (killed / "sessions.jsonl").read_text().splitlines()]
+    assert events == ["start", "start", "end"]  # the killed session left its start (and its load) behind

@@ -320,3 +320,15 @@ def test_per_sample_tie_bounds_widen_the_threshold():
     margins = {("q1", 0): 0.1, ("q2", 0): 0.1}
     r = equality(spec, vanilla, margins, tie_threshold=1e-2, tie_bounds={("q1", 0): 0.25})
     assert [t.question_id for t in r.ties] == ["q1"] and [m.question_id for m in r.mismatches] == ["q2"]
+
+
+def test_later_turns_after_a_tie_are_not_mismatches():
+    vanilla = [rec(q, t, output_ids=(1, 2, 3), new_tokens=3, method="vanilla") for q in ("q1", "q2") for t in (0, 1)]
+    spec = [rec(q, t, output_ids=(1, 2, 4), new_tokens=3) for q in ("q1", "q2") for t in (0, 1)]
+    margins = {("q1", 0): 1e-6, ("q2", 0): 0.5}  # q1 turn 0 diverged at a tie, q2 turn 0 did not
+    different = {("q1", 1), ("q2", 1)}  # turn 1 prompts differ: they answer the method's own turn 0
+    r = equality(spec, vanilla, margins, tie_threshold=1e-4, different_context=different)
+    assert [(d.question_id, d.turn) for d in r.ties] == [("q1", 0)]
+    assert [(d.question_id, d.turn) for d in r.after_ties] == [("q1", 1)]
+    assert [(d.question_id, d.turn) for d in r.mismatches] == [("q2", 0), ("q2", 1)]
+    assert r.equal_to_vanilla_except_ties == 0.5

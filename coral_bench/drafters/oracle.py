@@ -28,7 +28,7 @@ from .base import DraftContext, DrafterError, DrafterSettings, generator_for
 class _ReferenceCursor:
     """The output so far and the greedy line it is expected to follow."""
 
-    CHUNK = 64  # tokens fetched per resynchronisation
+    CHUNK = 64  # most tokens fetched at once: a greedy run that stays on its line fetches rarely
 
     def __init__(self, eos: tuple[int, ...]) -> None:
         self.eos = set(eos)
@@ -36,13 +36,14 @@ class _ReferenceCursor:
         self.reference = None
         self._line: tuple[int, ...] = ()  # greedy continuation of history[: self._start]
         self._start = 0
+        self._chunk = self.CHUNK
 
     def begin(self, context: DraftContext) -> None:
         if context.reference is None:
             raise DrafterError("oracle drafters need the greedy reference (DraftContext.reference)")
         self.reference = context.reference
         self.history = [*context.prompt_ids, context.first_token]
-        self._line, self._start = (), len(self.history)
+        self._line, self._start, self._chunk = (), len(self.history), self.CHUNK
 
     def truth(self, length: int) -> list[int]:
         """The next ``length`` greedy tokens after the output so far (fewer where the line ends at EOS)."""
@@ -50,7 +51,10 @@ class _ReferenceCursor:
         on_line = offset <= len(self._line) and tuple(self.history[self._start :]) == self._line[:offset]
         ends = bool(self._line) and self._line[-1] in self.eos
         if not on_line or (len(self._line) - offset < length and not ends):
-            self._line = self.reference(tuple(self.history), max(length, self.CHUNK))
+            # Sampling leaves the greedy line almost every cycle: then fetch only what one tree needs,
+            # and grow the fetch again while the output stays on the line (greedy decoding).
+            self._chunk = length if not on_line else min(2 * self._chunk, self.CHUNK)
+            self._line = self.reference(tuple(self.history), max(length, self._chunk))
             self._start, offset = len(self.history), 0
         return list(self._line[offset : offset + length])
 
