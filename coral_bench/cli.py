@@ -128,6 +128,14 @@ def _fmt(value, pattern="{:.2f}") -> str:
     return "–" if value is None else pattern.format(value)
 
 
+def _equality(row: dict) -> str:
+    """Identical samples, and in brackets identical or diverging only at numerical ties."""
+    equal, with_ties = row.get("equal_to_vanilla"), row.get("equal_to_vanilla_except_ties")
+    if equal is None:
+        return "–"
+    return f"{equal:.0%}" if with_ties == equal else f"{equal:.0%} ({with_ties:.0%} w/ ties)"
+
+
 def _print_summary(results: dict) -> None:
     table = Table(title=f"{results['config']['suite']} · {results['config']['target']} · {results['config']['dtype']}")
     for col in ("method", "tokens/s", "τ pooled", "τ per q", "speedup [95% CI]", "equal to vanilla"):
@@ -142,7 +150,7 @@ def _print_summary(results: dict) -> None:
             ci = row.get("speedup_ci95")
             speed = _fmt(row.get("speedup")) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
             table.add_row(name, _fmt(row["tokens_per_s"]), _fmt(row.get("tau_pooled")),
-                          _fmt(row.get("tau_per_question")), speed, _fmt(row.get("equal_to_vanilla"), "{:.0%}"))
+                          _fmt(row.get("tau_per_question")), speed, _equality(row))
     out.print(table)
     ratio = base.get("vanilla_over_hf_vanilla")
     if ratio is not None:
@@ -618,3 +626,80 @@ def replay_command(run_dir, drafter, tree):
     if mismatches:
         err.print(f"[yellow]{mismatches} recorded tokens differ from the teacher-forced greedy token (near-ties)[/yellow]")
     err.print(f"replay: {path}")
+
+
+# ---- CORAL's LM-head router, stage 2 (METHODS.md §6) ---------------------------------------
+
+
+@main.command("train-router")
+@click.option("--drafter", "drafter", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The stage-1 drafter checkpoint (frozen).")
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="Feature store directory.")
+@click.option("--router-groups", type=int, required=True, help="N: vocabulary groups.")
+@click.option("--router-k", type=int, required=True, help="Groups per tree node at inference (recorded default).")
+@click.option("--partition", type=click.Choice(["contiguous", "frequency", "cluster"]), default="contiguous",
+              show_default=True, help="Token-id ranges, training frequency ranks, or balanced k-means of head rows.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Routed drafter (EAGLE layout + router.* tensors + router-log.jsonl).")
+@click.option("--label", type=click.Choice(["mass", "argmax"]), default="mass", show_default=True,
+              help="Target probability mass per group (soft CE) or the group of the target's argmax.")
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW, warmup + cosine).")
+@click.option("--steps", type=int, default=3, show_default=True, help="Unroll depth: router examples at depths 1…steps.")
+@click.option("--batch-tokens", type=int, default=2048, show_default=True)
+@click.option("--eval-fraction", type=float, default=0.05, show_default=True, help="Held-out sequences (recall).")
+@click.option("--recall-top-k", type=int, default=4, show_default=True,
+              help="Recall of the drafter's own top-k tokens (the tree's top_k).")
+@click.option("--score", type=click.Choice(["renorm", "calibrated"]), default="renorm", show_default=True,
+              help="Draft scores recorded as the checkpoint's default (@score= overrides at run time).")
+@click.option("--target", help="Target the store was built with. Default: the one its manifest names.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp64"]), default="fp32", show_default=True)
+@click.option("--threads", type=int, help="torch threads (recorded). Default: torch's.")
+def train_router_command(drafter, data, router_groups, router_k, partition, out_dir, label, epochs, lr, steps,
+                         batch_tokens, eval_fraction, recall_top_k, score, target, seed, dtype, threads):
+    """Train CORAL's LM-head router on a frozen stage-1 drafter (two-stage protocol, METHODS.md §6)."""
+    import torch
+
+    from .loading import load_target
+    from .train.router_loop import RouterSettings, train_router
+    from .train.store import read_manifest
+
+    if threads:
+        torch.set_num_threads(threads)
+    named = read_manifest(data).get("target")
+    named = named.get("name") if isinstance(named, dict) else named
+    target = target or named
+    if not target:
+        _fail(f"{data}: the store's manifest names no target; pass --target")
+    settings = RouterSettings(groups=router_groups, k=router_k, partition=partition, label=label, epochs=epochs,
+                              lr=lr, steps=steps, batch_tokens=batch_tokens, eval_fraction=eval_fraction,
+                              recall_top_k=recall_top_k, score=score, seed=seed, dtype=dtype)
+    _quiet_transformers()
+    loaded = load_target(target, dtype="float64" if dtype == "fp64" else "float32", device="cpu")
+    command = shlex.join(["coral-bench", *sys.argv[1:]])
+    with Progress(TextColumn("router"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err) as bar:
+        task = bar.add_task("router", total=None, info="")
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total, info=f"loss {loss:.4g}")
+
+        result = train_router(drafter, data, out_dir, settings, loaded.target, progress=progress, target_name=target,
+                              command=command)
+    g = result.grouping
+    err.print(f"routed drafter: {result.out} ({result.optimizer_steps} steps, {result.rows:,} router examples, "
+              f"{result.wall_time_s:.0f} s) · {g['rule']} groups: {g['groups']} of {g['min_group_size']}–"
+              f"{g['max_group_size']} tokens · permuted head copy at load {result.head_copy_bytes / 2**20:.1f} MiB "
+              f"(in the training dtype; 0 for contiguous)")
+    if result.eval is None:
+        err.print("[yellow]no held-out sequences: recall not measured (raise --eval-fraction)[/yellow]")
+        return
+    table = Table(title=f"held-out recall by depth (router k; drafter top-{recall_top_k}; target mass in the groups)")
+    for col in ("k", *(f"argmax d{j}" for j in range(1, steps + 1)), *(f"top-{recall_top_k} d{j}" for j in
+                                                                      range(1, steps + 1)),
+                *(f"mass d{j}" for j in range(1, steps + 1))):
+        table.add_column(col, justify="right")
+    for r in result.eval.recall:
+        table.add_row(str(r.k), *(f"{v:.3f}" for v in (*r.target_argmax, *r.drafter_top, *r.mass)))
+    out.print(table)

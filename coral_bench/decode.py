@@ -104,7 +104,7 @@ def generate(
             expected = expected_accepted(tree, scored.logits, sampling)
             untimed += clock.now() - t4
         cycles.append(CycleRecord(tree.size, tree.depth, tree.forwards, verdict.accepted, len(chunk),
-                                  draft_s, t2 - t1, t3 - t2, t4 - t3, expected))
+                                  draft_s, t2 - t1, t3 - t2, t4 - t3, expected, tree.head_union))
         if stop is not None:
             return Generation(tuple(out), stop, elapsed, prefill_s, tuple(cycles))
 

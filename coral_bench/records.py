@@ -19,6 +19,7 @@ class CycleRecord:
     verify_s: float
     commit_s: float  # target + drafter commit
     expected_accepted: float | None = None  # closed-form E[accepted] of the tree at T > 0 (METHODS.md §4)
+    head_union: tuple[int, ...] = ()  # |∪ selected router groups| per drafter forward (routed drafters only)
 
 
 STOP_EOS = "eos"

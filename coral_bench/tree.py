@@ -29,6 +29,7 @@ class DraftTree:
     parents: tuple[int, ...]  # [N] parent node index, parents[0] = -1
     forwards: int = 0  # D: sequential drafter forwards spent on this tree
     draft_logprobs: tuple[float, ...] | None = None  # [N] drafter log-prob of each node (root: 0.0)
+    head_union: tuple[int, ...] = ()  # [≤ D] |∪ selected router groups| per drafter forward (routed heads, METHODS.md §6)
 
     def __post_init__(self) -> None:
         n = len(self.tokens)

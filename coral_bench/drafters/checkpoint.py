@@ -8,6 +8,11 @@ ignores missing and unknown keys silently; here every problem is collected into 
 coral-bench writes bf16 safetensors without the embedding copy, records in ``config.json`` the
 target's ``max_position_embeddings`` and a hash of the training target's embedding (checked on
 load), and keeps a free-form ``coral_bench`` section (method, settings, provenance).
+
+CORAL routed drafters (METHODS.md §6) add ``router.*`` tensors (the router and the vocabulary
+grouping) and ``vocab.counts`` (training token frequencies), described by the section's ``router``
+entry (``router.py``). Reference EAGLE loaders ignore them; here they are validated against the
+target and kept in ``EagleCheckpoint.extras``, and a routed checkpoint loads as a plain drafter too.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 
 from .base import DrafterError
 from .eagle_model import EagleConfig, EagleConfigError, EagleModel
+from .router import COUNTS_KEY, PREFIX as ROUTER_PREFIX, router_problems
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -29,6 +35,7 @@ BIN_FILE = "pytorch_model.bin"
 EMBED_KEY = "embed_tokens.weight"
 EMBEDDING_CHOICES = ("target", "checkpoint")
 HASH_KEY = "target_embedding_sha256"  # reserved key inside the config's coral_bench section
+ROUTER_KEY = "router"  # the coral_bench section's description of the router tensors (router.py)
 # Embedding copies may differ from the target by dtype rounding (fp16 ≈ 5e-4, bf16 ≈ 4e-3 relative);
 # anything larger means another target (METHODS.md §2).
 EMBED_REL_TOL = 1e-2
@@ -52,6 +59,13 @@ class EagleCheckpoint:
     metadata: dict[str, Any]  # the free-form coral_bench section, reserved keys removed
     target_embedding_sha256: str | None  # pairing hash written by coral-bench, if any
     weights_file: str  # the file the tensors came from
+    extras: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # router.* and vocab.counts, validated
+
+    @property
+    def router(self) -> dict[str, Any] | None:
+        """The router description (``coral_bench.router``) when the checkpoint carries a router."""
+        section = self.metadata.get(ROUTER_KEY)
+        return section if isinstance(section, dict) and any(k.startswith(ROUTER_PREFIX) for k in self.extras) else None
 
     def build_model(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> EagleModel:
         model = EagleModel(self.config)
@@ -159,8 +173,9 @@ def load_checkpoint(
 
     expected = config.param_shapes()
     present = {k for k in tensors if not k.endswith(_IGNORED_SUFFIXES)}
+    extra_keys = {k for k in present if k.startswith(ROUTER_PREFIX) or k == COUNTS_KEY}
     missing = [k for k in expected if k not in present]
-    unexpected = sorted(present - set(expected) - {EMBED_KEY})
+    unexpected = sorted(present - set(expected) - {EMBED_KEY} - extra_keys)
     misshaped = [
         f"{k} {tuple(tensors[k].shape)} (expected {v})"
         for k, v in expected.items() if k in tensors and tuple(tensors[k].shape) != v
@@ -203,6 +218,15 @@ def load_checkpoint(
     if not isinstance(section, dict):
         problems.append("the config's coral_bench section is not an object")
         section = {}
+    if ROUTER_KEY in section:
+        problems += [f"router: {p}" for p in router_problems(section[ROUTER_KEY], tensors, vocab, hidden)]
+    elif any(k.startswith(ROUTER_PREFIX) for k in extra_keys):
+        problems.append(f"router tensors {sorted(k for k in extra_keys if k.startswith(ROUTER_PREFIX))} but no "
+                        f"coral_bench.{ROUTER_KEY} description in config.json")
+    counts = tensors.get(COUNTS_KEY)
+    if counts is not None and (tuple(counts.shape) != (vocab,) or counts.is_floating_point()):
+        problems.append(f"{COUNTS_KEY} is {tuple(counts.shape)} {counts.dtype}, expected ({vocab},) integer counts "
+                        f"for the target's vocabulary")
     stored_hash = section.get(HASH_KEY)
     if stored_hash is not None and fits_target and stored_hash != embedding_sha256(target_embedding):
         problems.append(
@@ -217,6 +241,7 @@ def load_checkpoint(
     return EagleCheckpoint(
         path=where, config=config, state=state, embedding=embedding, embed_tokens=embed,
         metadata=metadata, target_embedding_sha256=stored_hash, weights_file=weights.name,
+        extras={k: tensors[k] for k in sorted(extra_keys)},
     )
 
 
@@ -246,11 +271,14 @@ def save_checkpoint(
     metadata: Mapping[str, Any] | None = None,  # method, settings, provenance: free-form JSON
     dtype: torch.dtype = torch.bfloat16,
     include_embedding: bool = False,
+    extras: Mapping[str, torch.Tensor] | None = None,  # router.* / vocab.counts tensors, written in their own dtype
 ) -> Path:
     """Write ``model`` in the EAGLE layout: ``config.json`` + ``model.safetensors`` (bf16 by default).
 
     The embedding copy is omitted by default (on SmolLM2 it is 57 MB against ~8 MB for the drafter);
     a hash of ``target_embedding`` goes into the config's ``coral_bench`` section instead.
+    ``extras`` (a routed drafter's ``router.*`` tensors and ``vocab.counts``) need a ``router``
+    description in ``metadata`` when they include router tensors.
     """
     from safetensors.torch import save_file
 
@@ -274,6 +302,13 @@ def save_checkpoint(
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     if include_embedding:
         tensors[EMBED_KEY] = target_embedding.detach().to("cpu", dtype).contiguous()
+    extras = dict(extras or {})
+    odd = sorted(k for k in extras if not (k.startswith(ROUTER_PREFIX) or k == COUNTS_KEY) or k in tensors)
+    if odd:
+        raise CheckpointError(f"extra checkpoint tensors must be router.* or {COUNTS_KEY} (got {odd})")
+    if any(k.startswith(ROUTER_PREFIX) for k in extras) and ROUTER_KEY not in metadata:
+        raise CheckpointError(f"router tensors need a {ROUTER_KEY!r} description in the coral_bench metadata")
+    tensors.update({k: v.detach().to("cpu").contiguous() for k, v in extras.items()})
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / SAFETENSORS_FILE), metadata={"format": "pt"})

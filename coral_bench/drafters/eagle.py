@@ -8,6 +8,13 @@ at RoPE position s; the cache holds slots built from real target features only:
   nodes (f_p…f_{p+L}); no forward.
 - ``propose(root)``: one forward over the L+1 stored slots, then the tree from the last slot's
   output; tree entries are appended to the cache while expanding and dropped afterwards.
+
+Draft head (METHODS.md §6): by default the target's full LM head + log-softmax + top-k. A
+:class:`~coral_bench.drafters.router.DraftHead` replaces it: CORAL's routed head (``coral-router``,
+each tree node picks its own groups; |∪ selected groups| per forward goes into
+``DraftTree.head_union``) or FR-Spec's frequency subset (``@vocab=V`` on any EAGLE-style drafter).
+Settings ride on the checkpoint argument: ``NAME:CKPT@vocab=V@freq=STORE@router_k=K@score=S``
+(``methods.split_argument``).
 """
 
 from __future__ import annotations
@@ -18,11 +25,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..methods import MethodError, split_argument
 from ..target import Target, TargetOutput
 from ..tree import DraftTree, TreeShape, Verdict, forwards_for_depth
 from .base import DraftContext, DrafterError, DrafterSettings, generator_for
-from .checkpoint import load_checkpoint
+from .checkpoint import EagleCheckpoint, load_checkpoint
 from .eagle_model import DraftKVCache, EagleConfig, EagleConfigError, EagleModel
+from .router import (COUNTS_KEY, SCORES, DraftHead, HeadLayout, RoutedHead, SubsetHead, grouping_from,
+                     logit_postprocess, router_from, store_token_counts)
 
 RANDOM_CHECKPOINT = "random"
 
@@ -36,6 +46,7 @@ class EagleInfo:
     config: EagleConfig
     metadata: dict[str, Any] = field(default_factory=dict)  # the checkpoint's coral_bench section
     seed: int | None = None  # random weights only
+    head: dict[str, Any] = field(default_factory=lambda: {"kind": "full"})  # the draft head (DraftHead.describe())
 
 
 @dataclass(frozen=True)
@@ -92,12 +103,17 @@ class EagleDrafter:
         settings: DrafterSettings,
         info: EagleInfo,
         embed_weight: torch.Tensor | None = None,  # [V, H] the checkpoint's embedding, if chosen
+        head: DraftHead | None = None,  # None: the target's full LM head
     ):
         self.target = target
         self.model = model.eval()
         self.settings = settings
         self.info = info
         self._embed_weight = embed_weight
+        self.head = head
+        if head is not None and settings.tree.kind != "chain" and settings.tree.top_k > head.min_choices():
+            raise DrafterError(f"tree top_k {settings.tree.top_k} exceeds the {head.min_choices()} tokens the draft "
+                               f"head lets a node choose from: raise router_k or @vocab, or lower top_k")
         self.cache = DraftKVCache()
         self._root: int | None = None  # the root the next propose() must receive
         self._last_hidden: torch.Tensor | None = None  # [H] output of the last cached slot
@@ -106,8 +122,8 @@ class EagleDrafter:
 
     # ---- protocol ----------------------------------------------------------------------------
     def parameter_count(self) -> int:
-        """fc + decoder layer; the embedding and LM head are the target's (frozen)."""
-        return self.model.parameter_count()
+        """fc + decoder layer (+ the router); the embedding and LM head are the target's (frozen)."""
+        return self.model.parameter_count() + (self.head.parameter_count() if self.head is not None else 0)
 
     @torch.inference_mode()
     def begin(self, context: DraftContext) -> None:
@@ -163,6 +179,15 @@ class EagleDrafter:
                          positions[None], cache=self.cache, last_only=True)
         return out.hidden[0, -1]
 
+    def _top(self, features: torch.Tensor, k: int, unions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k draft log-probs and tokens [R, k] of features [R, H] through the draft head."""
+        if self.head is None:
+            return _top_logprobs(self.target.logits_from_features(features), k)
+        top = self.head.top(features, k)
+        if top.union is not None:
+            unions.append(top.union)
+        return top.logprobs, top.tokens
+
     def _build_tree(self, root: int, last_hidden: torch.Tensor) -> DraftTree:
         """EAGLE-2 (METHODS.md §3); a chain is top-1 at every step."""
         shape: TreeShape = self.settings.tree
@@ -173,8 +198,9 @@ class EagleDrafter:
         device = last_hidden.device
         base_len = len(self.cache)
 
+        unions: list[int] = []  # |∪ selected router groups| per forward (routed heads)
         # Level 1 from the last real slot's output. Log-probs and scores in fp32 at least.
-        lp, tok = _top_logprobs(self.target.logits_from_features(last_hidden[None])[0], k)  # [k]
+        lp, tok = (t[0] for t in self._top(last_hidden[None], k, unions))  # [k]
         tokens, logprobs, scores_all, parents = [tok], [lp], [lp], [torch.full((k,), -1, device=device)]
         frontier_tok = tok  # [k]
         frontier_score = lp  # [k]
@@ -193,7 +219,7 @@ class EagleDrafter:
                 positions = torch.full((1, k), base_len + i - 1, dtype=torch.long, device=device)
                 out = self.model(self._embed(frontier_tok)[None], frontier_feat[None], positions,
                                  attn_mask=mask[None, None], cache=self.cache).hidden[0]  # [k, H]
-                child_lp, child_tok = _top_logprobs(self.target.logits_from_features(out), k)  # [k, k]
+                child_lp, child_tok = self._top(out, k, unions)  # [k, k]
                 cum = (frontier_score[:, None] + child_lp).reshape(-1)  # [k·k], row = frontier node
                 tokens.append(child_tok.reshape(-1))
                 logprobs.append(child_lp.reshape(-1))
@@ -220,19 +246,46 @@ class EagleDrafter:
             parents=(-1, *node_parents.tolist()),
             forwards=forwards_for_depth(expansions),
             draft_logprobs=(0.0, *cand.logprobs[chosen].tolist()),
+            head_union=tuple(unions),
         )
 
 
 def build_eagle(target: Target, settings: DrafterSettings) -> EagleDrafter:
     """Drafter factory: load ``settings.checkpoint`` (EAGLE/HASS/coral-bench format), or build random
     weights shaped from the target's config when the checkpoint is None or ``"random"`` (tests and
-    latency profiling; seeded by ``settings.seed``).
+    latency profiling; seeded by ``settings.seed``). A routed checkpoint loads without its router.
 
     ``settings.embedding``: ``"target"`` (default) or ``"checkpoint"`` — whose token embedding to use
     when the checkpoint carries a copy (validated to be the same up to dtype rounding).
+
+    Head settings folded into the checkpoint argument (``methods.split_argument``): ``@vocab=V`` drafts
+    from the V most frequent training tokens only (FR-Spec), ranked by the checkpoint's ``vocab.counts``
+    (written by ``train-router``) or by ``@freq=STORE`` (a feature store's loss tokens).
     """
+    return _build(target, settings, routed=False)
+
+
+def build_routed(target: Target, settings: DrafterSettings) -> EagleDrafter:
+    """``coral-router``: a ``train-router`` checkpoint with its LM-head router in use (METHODS.md §6).
+    ``@router_k=K`` (default: the checkpoint's) and ``@score=renorm|calibrated`` override its settings."""
+    return _build(target, settings, routed=True)
+
+
+def _build(target: Target, settings: DrafterSettings, routed: bool) -> EagleDrafter:
+    try:
+        path, options = split_argument(settings.checkpoint)
+    except MethodError as err:
+        raise DrafterError(str(err)) from None
+    if routed and (path is None or path == RANDOM_CHECKPOINT):
+        raise DrafterError(f"{settings.name} needs a checkpoint written by coral-bench train-router ({settings.name}:PATH)")
+    if routed and "vocab" in options:
+        raise DrafterError("@vocab (a static frequency subset) and the router are alternatives: use one")
+    if not routed and ({"router_k", "score"} & options.keys()):
+        raise DrafterError(f"@router_k / @score set the router: use coral-router, not {settings.name}")
+    if "freq" in options and "vocab" not in options:
+        raise DrafterError("@freq=STORE ranks tokens for @vocab=V: give both")
     embedding = settings.embedding
-    if settings.checkpoint in (None, RANDOM_CHECKPOINT):
+    if path in (None, RANDOM_CHECKPOINT):
         if embedding != "target":
             raise DrafterError('a random-weight drafter has no embedding of its own: use embedding="target"')
         try:
@@ -246,12 +299,61 @@ def build_eagle(target: Target, settings: DrafterSettings) -> EagleDrafter:
         model = EagleModel(config)
         model.init_random(generator_for(settings.seed))
         model = model.to(device=target.device, dtype=target.dtype)
-        info = EagleInfo(checkpoint=None, embedding="target", config=config, seed=settings.seed)
-        return EagleDrafter(target, model, settings, info)
-    ckpt = load_checkpoint(settings.checkpoint, target.embedding_weight(), embedding=embedding)
+        head = _subset_head(target, options, None)
+        info = EagleInfo(checkpoint=None, embedding="target", config=config, seed=settings.seed,
+                         head=head.describe() if head else {"kind": "full"})
+        return EagleDrafter(target, model, settings, info, head=head)
+    ckpt = load_checkpoint(path, target.embedding_weight(), embedding=embedding)
     model = ckpt.build_model(dtype=target.dtype, device=target.device)
     embed = None
     if ckpt.embedding == "checkpoint":
         embed = ckpt.embed_tokens.to(device=target.device, dtype=target.dtype)
-    info = EagleInfo(checkpoint=ckpt.path, embedding=ckpt.embedding, config=ckpt.config, metadata=ckpt.metadata)
-    return EagleDrafter(target, model, settings, info, embed_weight=embed)
+    head = _routed_head(target, ckpt, options) if routed else _subset_head(target, options, ckpt)
+    info = EagleInfo(checkpoint=ckpt.path, embedding=ckpt.embedding, config=ckpt.config, metadata=ckpt.metadata,
+                     head=head.describe() if head else {"kind": "full"})
+    return EagleDrafter(target, model, settings, info, embed_weight=embed, head=head)
+
+
+def _head_params(target: Target) -> tuple[torch.Tensor, torch.Tensor | None]:
+    bias = getattr(target.model.get_output_embeddings(), "bias", None)
+    return target.lm_head_weight(), bias
+
+
+def _int_option(options: dict[str, str], key: str) -> int | None:
+    if key not in options:
+        return None
+    try:
+        return int(options[key])
+    except ValueError:
+        raise DrafterError(f"@{key} must be an integer, not {options[key]!r}") from None
+
+
+def _subset_head(target: Target, options: dict[str, str], ckpt: EagleCheckpoint | None) -> SubsetHead | None:
+    vocab = _int_option(options, "vocab")
+    if vocab is None:
+        return None
+    if "freq" in options:
+        counts, source = store_token_counts(options["freq"], target.vocab_size), f"feature store {options['freq']}"
+    elif ckpt is not None and COUNTS_KEY in ckpt.extras:
+        counts, source = ckpt.extras[COUNTS_KEY], f"{COUNTS_KEY} of {ckpt.path}"
+    else:
+        raise DrafterError("@vocab=V needs token frequencies: this checkpoint has none (train-router writes them); "
+                           "add @freq=STORE (a feature store of the training data)")
+    weight, bias = _head_params(target)
+    return SubsetHead.most_frequent(counts, vocab, weight, bias, logit_postprocess(target.model.config), source)
+
+
+def _routed_head(target: Target, ckpt: EagleCheckpoint, options: dict[str, str]) -> RoutedHead:
+    section = ckpt.router
+    if section is None:
+        raise DrafterError(f"{ckpt.path} has no LM-head router: train one with coral-bench train-router, or load it "
+                           "as coral / eagle2")
+    k = _int_option(options, "router_k") or int(section["k"])
+    score = options.get("score", section.get("score", "renorm"))
+    if score not in SCORES:
+        raise DrafterError(f"@score must be one of {SCORES}, not {score!r}")
+    grouping = grouping_from(section, ckpt.extras)
+    weight, bias = _head_params(target)
+    layout = HeadLayout.of(grouping, weight, bias)
+    router = router_from(section, ckpt.extras).to(device=target.device, dtype=target.dtype)
+    return RoutedHead(router, layout, k, score, logit_postprocess(target.model.config))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..target import Target
 from ..tree import TreeShape
 from .base import Drafter, DrafterError, DrafterFactory, DrafterSettings
-from .eagle import build_eagle
+from .eagle import build_eagle, build_routed
 from .early_exit import build_early_exit
 from .oracle import build_noisy_oracle, build_oracle
 from .prompt_lookup import build_prompt_lookup
@@ -46,6 +46,9 @@ def _entries() -> dict[str, DrafterEntry]:
     }
     for name, text in eagle_like.items():
         entries[name] = DrafterEntry(build_eagle, CPU_TREE, text, needs_checkpoint=name != "eagle")
+    entries["coral-router"] = DrafterEntry(
+        build_routed, CPU_TREE, "CORAL drafter with its LM-head router (a train-router checkpoint; "
+        "@router_k=K, @score=renorm|calibrated); the same checkpoint runs unrouted as coral", needs_checkpoint=True)
     return entries
 
 
