@@ -94,7 +94,11 @@ class Target:
 
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:  # [..., H] -> [..., V] float32
         """The target's frozen LM head (with any logit scaling or capping of its family)."""
-        logits = self.model.get_output_embeddings()(features)
+        return self.finish_logits(self.model.get_output_embeddings()(features))
+
+    def finish_logits(self, logits: torch.Tensor) -> torch.Tensor:  # [..., R] -> [..., R]
+        """Logit scaling / capping of the model family and the float32+ promotion, for logits from the
+        head or from a slice of its rows (the drafters' routed and subset heads)."""
         scale = getattr(self.model.config, "logit_scale", None)
         if scale is not None:
             logits = logits * scale

@@ -20,7 +20,7 @@ from coral_bench.drafters.eagle import EagleDrafter, build_eagle, build_routed
 from coral_bench.drafters.eagle_model import EagleModel
 from coral_bench.drafters.registry import DRAFTERS, build_drafter
 from coral_bench.drafters.router import (COUNTS_KEY, G2T_KEY, PARTITIONS, HeadLayout, RoutedHead, Router,
-                                         SubsetHead, VocabGrouping, balanced_assign, logit_postprocess,
+                                         SubsetHead, VocabGrouping, balanced_assign,
                                          make_grouping, router_description)
 from coral_bench.methods import DrafterSpec, MethodError, join_argument, split_argument
 from coral_bench.sampling import SamplingConfig
@@ -57,7 +57,7 @@ def grouping_for(target: Target, rule: str, groups: int) -> VocabGrouping:
 
 def routed_head(target: Target, rule: str, groups: int, k: int, score: str = "renorm", seed: int = 0) -> RoutedHead:
     layout = HeadLayout.of(grouping_for(target, rule, groups), target.lm_head_weight(), None)
-    return RoutedHead(random_router(groups, seed), layout, k, score, logit_postprocess(target.model.config))
+    return RoutedHead(random_router(groups, seed), layout, k, score, target.finish_logits)
 
 
 def stage1_model(target: Target, seed: int = 3) -> EagleModel:

@@ -32,7 +32,7 @@ from .base import DraftContext, DrafterError, DrafterSettings, generator_for
 from .checkpoint import EagleCheckpoint, load_checkpoint
 from .eagle_model import DraftKVCache, EagleConfig, EagleConfigError, EagleModel
 from .router import (COUNTS_KEY, SCORES, DraftHead, HeadLayout, RoutedHead, SubsetHead, grouping_from,
-                     logit_postprocess, router_from, store_token_counts)
+                     router_from, store_token_counts)
 
 RANDOM_CHECKPOINT = "random"
 
@@ -340,7 +340,7 @@ def _subset_head(target: Target, options: dict[str, str], ckpt: EagleCheckpoint 
         raise DrafterError("@vocab=V needs token frequencies: this checkpoint has none (train-router writes them); "
                            "add @freq=STORE (a feature store of the training data)")
     weight, bias = _head_params(target)
-    return SubsetHead.most_frequent(counts, vocab, weight, bias, logit_postprocess(target.model.config), source)
+    return SubsetHead.most_frequent(counts, vocab, weight, bias, target.finish_logits, source)
 
 
 def _routed_head(target: Target, ckpt: EagleCheckpoint, options: dict[str, str]) -> RoutedHead:
@@ -356,4 +356,4 @@ def _routed_head(target: Target, ckpt: EagleCheckpoint, options: dict[str, str])
     weight, bias = _head_params(target)
     layout = HeadLayout.of(grouping, weight, bias)
     router = router_from(section, ckpt.extras).to(device=target.device, dtype=target.dtype)
-    return RoutedHead(router, layout, k, score, logit_postprocess(target.model.config))
+    return RoutedHead(router, layout, k, score, target.finish_logits)

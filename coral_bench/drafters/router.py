@@ -369,21 +369,10 @@ class DraftHead(Protocol):
         """Settings and head cost, recorded with the drafter."""
 
 
-def logit_postprocess(config: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model family's logit scaling / capping and the float32+ promotion of
-    ``Target.logits_from_features``, for logits computed on a slice of the head (kept in step with it;
-    ``tests/test_router.py`` checks the two agree)."""
-    scale = getattr(config, "logit_scale", None)
-    cap = getattr(config, "final_logit_softcapping", None)
-
-    def finish(logits: torch.Tensor) -> torch.Tensor:
-        if scale is not None:
-            logits = logits * scale
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-    return finish
+def promote_logits(logits: torch.Tensor) -> torch.Tensor:
+    """The default finish for head slices without a target: float32 at least. Drafters pass
+    ``Target.finish_logits`` instead, so the model family's scaling / capping is applied too."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 @dataclass(frozen=True)
@@ -460,7 +449,7 @@ class RoutedHead:
         self.layout = layout
         self.k = k
         self.score = score
-        self.finish = finish or logit_postprocess(None)
+        self.finish = finish or promote_logits
         self._tokens = layout.grouping.g2t.to(layout.weight.device)
 
     @property
@@ -546,7 +535,7 @@ class SubsetHead:
         self.tokens = idx  # [V_sub] ascending ids
         self.weight = head_weight.detach().index_select(0, idx)  # [V_sub, H] a copy
         self.bias = None if head_bias is None else head_bias.detach().index_select(0, idx)
-        self.finish = finish or logit_postprocess(None)
+        self.finish = finish or promote_logits
         self.source = source
 
     @classmethod
