@@ -8,6 +8,7 @@ run resumes where it stopped; ``results.json`` is rebuilt from the samples at th
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -27,7 +28,7 @@ from .provenance import provenance, session_event
 from .reference import GreedyReference
 from .records import SampleRecord
 from .sampling import SamplingConfig
-from .stats import compare, equality, summarize
+from .stats import compare, equality, first_divergence, summarize
 from .suites import Question, Suite, limit, load_suite
 from .tree import TreeShape
 
@@ -243,8 +244,6 @@ def _tie_margins(method: str, samples: dict, loaded: LoadedTarget, suite_questio
     per-sample tie bound of two units in the last place of the top logit in the working dtype: logits
     from a bf16 LM head are rounded to that grid, and a tree forward may round them differently
     from a one-row step (METHODS.md §4)."""
-    from .stats import first_divergence
-
     margins, bounds, different_context = {}, {}, set()
     for (label, qid, turn), rec in samples.items():
         if label != method:
@@ -268,8 +267,6 @@ def _tie_margins(method: str, samples: dict, loaded: LoadedTarget, suite_questio
 
 def _ulp(value: float, dtype: torch.dtype) -> float:
     """Spacing of ``dtype`` numbers at ``value``'s magnitude."""
-    import math
-
     mantissa_bits = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23, torch.float64: 52}[dtype]
     return 2.0 ** (math.floor(math.log2(max(abs(value), 1e-30))) - mantissa_bits)
 
