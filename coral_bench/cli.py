@@ -238,11 +238,14 @@ def report(run_dirs, out):
 @click.option("--seed", type=int, default=0, show_default=True, help="Prompt shuffle and sampling.")
 @click.option("--resume", is_flag=True, help="Continue the store in --out after its last complete shard.")
 @click.option("--ids-only", is_flag=True, help="Store ids and loss masks without features (small enough to commit).")
+@click.option("--time-limit", type=float, metavar="SECONDS",
+              help="Start no new batch after this much time; close the store with the prompts done so far "
+                   "(a random subset; recorded in the manifest).")
 @click.option("--from-ids", "from_ids", type=click.Path(file_okay=False, path_type=Path),
               help="Recompute features for the ids of this store by a teacher-forced forward (with --ids-only: export its ids).")
 def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_batch_tokens, max_prompt_tokens, turns,
              responses, temperature, capture, store_dtype, shard_tokens, dtype, device, threads, seed, resume, ids_only,
-             from_ids):
+             time_limit, from_ids):
     """Generate drafter training data from the target: ids, post-norm features and loss masks."""
     import time
 
@@ -278,7 +281,8 @@ def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_
                                          store_dtype=store_dtype, ids_only=ids_only, shard_tokens=shard_tokens,
                                          resume=resume, command=command, progress=progress)
         else:
-            manifest = generate_store(loaded, config, out, resume=resume, command=command, progress=progress)
+            manifest = generate_store(loaded, config, out, resume=resume, command=command, progress=progress,
+                                      time_limit_s=time_limit)
     counts, stats, prompts = manifest["counts"], manifest.get("stats", {}), manifest.get("prompts") or {}
     table = Table(title=f"{out} · {loaded.name} · {loaded.dtype} · {torch.get_num_threads()} threads")
     table.add_column("", justify="left")
@@ -329,12 +333,15 @@ def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_
               help="bf16 = fp32 weights + bf16 autocast. Default: bf16 where the CPU runs it natively, else fp32.")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Optimizer steps (0: end only).")
 @click.option("--resume", is_flag=True, help="Continue from --out's training state.")
+@click.option("--time-limit", type=float, metavar="SECONDS",
+              help="Stop cleanly after this much training time: state and drafter so far are saved "
+                   "(marked incomplete); --resume continues.")
 @click.option("--eval-fraction", type=float, default=0.02, show_default=True, help="Held-out sequences.")
 @click.option("--device", help="cpu, cuda… Default: Accelerate's device for this process.")
 @click.option("--threads", type=int, help="torch threads (recorded). Default: torch's.")
 def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_tokens, steps, history,
           csra_temperature, csra_weight, csra_negatives, csra_anchor, distill_k, distill_weight, step_decay,
-          feature_noise, seed, dtype, checkpoint_every, resume, eval_fraction, device, threads):
+          feature_noise, seed, dtype, checkpoint_every, resume, time_limit, eval_fraction, device, threads):
     """Train an EAGLE-2 / HASS / CORAL drafter on a feature store (single process or `accelerate launch`)."""
     import torch
     from accelerate import PartialState
@@ -365,10 +372,11 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
     loaded = load_target(target, dtype="float64" if dtype == "fp64" else "float32", device=dev)
     command = shlex.join(["coral-bench", *sys.argv[1:]])
     result = run_training(data, out, settings, loaded.target, resume=resume, reporter=RichReporter(err),
-                          target_name=target, command=command)
+                          target_name=target, command=command, time_limit_s=time_limit)
     if state.is_main_process:
+        partial = "" if result.metadata["budget"]["complete"] else "; stopped by --time-limit, --resume continues"
         err.print(f"drafter: {result.out} ({result.optimizer_steps} optimizer steps, {result.tokens:,} tokens, "
-                  f"{result.wall_time_s:.0f} s)")
+                  f"{result.wall_time_s:.0f} s{partial})")
         if result.eval is not None:
             acc = ", ".join(f"{a:.3f}" for a in result.eval.accuracy)
             err.print(f"held-out top-1 agreement by depth: {acc}")

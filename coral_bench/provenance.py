@@ -17,18 +17,23 @@ from .clock import is_busy
 from .loading import LoadedTarget
 
 
+GIT_HASH_ENV = "CORAL_BENCH_GIT_HASH"
+
+
 def git_hash() -> str | None:
-    """The commit of the coral-bench checkout, with ``-dirty`` when it has uncommitted changes."""
+    """The commit of the coral-bench checkout, with ``-dirty`` when it has uncommitted changes.
+    A copy of the tree without ``.git`` (e.g. shipped to a remote GPU machine) names its commit in
+    ``$CORAL_BENCH_GIT_HASH``."""
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if head.returncode != 0:
-            return None
+            return os.environ.get(GIT_HASH_ENV) or None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get(GIT_HASH_ENV) or None
 
 
 def coral_bench_version() -> str:

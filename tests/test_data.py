@@ -311,6 +311,16 @@ def test_resume_after_an_interruption_gives_the_same_store(store, loaded, qfile,
         assert (part / shard["file"]).read_bytes() == (out / shard["file"]).read_bytes()
 
 
+def test_time_limit_closes_a_complete_store_with_a_prefix_of_the_batches(store, loaded, qfile, index, tmp_path):
+    out, manifest = store
+    cut = generate_store(loaded, _config(qfile), tmp_path / "cut", index=index, time_limit_s=0.0)
+    assert cut["complete"] and cut["cut_by_time_limit"]["batches_done"] == 1
+    n = cut["counts"]["sequences"]
+    assert 0 < n < manifest["counts"]["sequences"]
+    for a, b in zip(_sequences(tmp_path / "cut"), _sequences(out)[:n]):  # the same first batch
+        assert torch.equal(a.ids, b.ids) and torch.equal(a.loss_mask, b.loss_mask)
+
+
 def test_ids_only_then_from_ids_and_online_features_equal_the_store(store, loaded, qfile, index, tmp_path):
     out, _ = store
     ids = tmp_path / "ids"

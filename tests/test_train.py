@@ -289,6 +289,19 @@ def test_resume_equals_uninterrupted(store_dir, target64, tmp_path):
     assert [r["loss"] for r in steps_a] == [r["loss"] for r in steps_b]
 
 
+def test_time_limit_stops_cleanly_and_resume_finishes(store_dir, target64, tmp_path):
+    settings = settings_for("hass", **SMALL)
+    whole = train(store_dir, tmp_path / "whole", settings, target64)
+    cut = train(store_dir, tmp_path / "cut", settings, target64, time_limit_s=0.0)
+    assert cut.optimizer_steps == 1 and not cut.metadata["budget"]["complete"]
+    assert load_checkpoint(tmp_path / "cut", target64.embedding_weight()).metadata["budget"]["complete"] is False
+    resumed = train(store_dir, tmp_path / "cut", settings, target64, resume=True)
+    assert resumed.metadata["budget"]["complete"] and resumed.optimizer_steps == whole.optimizer_steps
+    a, b = final_state(tmp_path / "whole"), final_state(tmp_path / "cut")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
 def test_output_is_an_eagle_checkpoint_with_provenance(store_dir, target64, tmp_path):
     settings = settings_for("hass", **SMALL)
     result = train(store_dir, tmp_path / "hass", settings, target64, target_name="tiny-random")

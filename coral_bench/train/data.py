@@ -279,8 +279,11 @@ def generate_batch(target: Target, prompts: Seq[Seq[int]], max_new_tokens: int, 
     ids, mask = ids.to(device), mask.to(device)
     # A fresh config: the target's own (repetition penalties, sampling defaults…) must not leak in.
     sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+    # disable_compile: on CUDA a static cache would make generate torch.compile the forward, and every
+    # batch (its own size and width) would recompile.
     config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, use_cache=True,
-                              return_dict_in_generate=True, output_hidden_states=features, **sampling)
+                              return_dict_in_generate=True, output_hidden_states=features, disable_compile=True,
+                              **sampling)
     # Our own preallocated cache: a dynamic one concatenates every layer's keys and values at every
     # step (at batch 64 × 1,000 positions that copies more memory than the step computes), and
     # generate's own static cache has no room for the one extra step below.
@@ -519,8 +522,10 @@ def _resume_point(done: int, batches: Seq[tuple[int, int]], out: Path) -> int:
 
 def generate_store(loaded: LoadedTarget, config: DataConfig, out: Path, resume: bool = False, command: str = "",
                    progress: Callable[[DataProgress], None] | None = None,
-                   index: OverlapIndex | None = None) -> dict:
-    """Generate (or resume) the training store ``out``; returns its manifest."""
+                   index: OverlapIndex | None = None, time_limit_s: float | None = None) -> dict:
+    """Generate (or resume) the training store ``out``; returns its manifest. ``time_limit_s``: start
+    no new batch after that much wall time and close the store with the prompts done so far (a
+    random subset, since prompts are shuffled before batching); the manifest records the cut."""
     index = index or OverlapIndex.from_suites()
     selection = select_prompts(loaded, config, index)
     manifest = {
@@ -547,6 +552,11 @@ def generate_store(loaded: LoadedTarget, config: DataConfig, out: Path, resume: 
     first = _resume_point(writer.sequences_done, selection.batches, Path(out))
     session = _Session(writer, config.shard_tokens, len(selection.prompts), progress)
     for b in range(first, len(selection.batches)):
+        if time_limit_s is not None and b > first and time.perf_counter() - session.start > time_limit_s:
+            session.flush()
+            writer.manifest["cut_by_time_limit"] = {"time_limit_s": time_limit_s, "batches_done": b,
+                                                    "sequences_done": writer.sequences_done}
+            break
         lo, hi = selection.batches[b]
         prompts = selection.prompts[lo:hi]
         if config.responses == "dataset":

@@ -491,11 +491,14 @@ def train(
     reporter: Reporter | None = None,
     target_name: str | None = None,
     command: str | None = None,
+    time_limit_s: float | None = None,
 ) -> TrainResult:
     """Train a drafter for ``target`` on a feature store and write it to ``out`` (see the module doc).
 
     Under ``accelerate launch`` (or with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set) every process
-    calls this with the same arguments; process 0 writes the files.
+    calls this with the same arguments; process 0 writes the files. ``time_limit_s`` stops cleanly
+    after that much wall time in this call: the state and the drafter so far are saved (the
+    drafter's ``budget.complete`` is false) and ``resume=True`` continues where it stopped.
     """
     from accelerate import Accelerator
 
@@ -562,6 +565,8 @@ def train(
                 fh.write(json.dumps(record) + "\n")
 
     last_eval: EvalResult | None = None
+    started = time.perf_counter()
+    stopped_early = False
     reporter.start(total_steps, position.optimizer_steps, f"{settings.method} · {out.name}")
     try:
         epoch, b = position.epoch, position.batch
@@ -603,6 +608,11 @@ def train(
                 if settings.checkpoint_every and position.optimizer_steps % settings.checkpoint_every == 0:
                     save()
                 reporter.step(record)
+                if time_limit_s is not None and _out_of_time(acc, started, time_limit_s):
+                    stopped_early = True
+                    break
+            if stopped_early:
+                break
             epoch, b = position.epoch, position.batch
         save()
     finally:
@@ -635,6 +645,7 @@ def train(
         "budget": {"epochs": settings.epochs, "optimizer_steps": position.optimizer_steps,
                    "tokens": position.tokens, "wall_time_s": round(position.wall_time_s, 3),
                    "processes": processes, "dtype": settings.dtype,
+                   "complete": position.epoch >= settings.epochs,
                    "distributed": "DDP (Accelerate)" if processes > 1 else "single process"},
         "eval": None if last_eval is None else last_eval.to_json(),
         "deviations": _deviations(settings),
@@ -649,6 +660,12 @@ def train(
     acc.wait_for_everyone()
     return TrainResult(out=out, optimizer_steps=position.optimizer_steps, tokens=position.tokens,
                        wall_time_s=position.wall_time_s, eval=last_eval, metadata=metadata)
+
+
+def _out_of_time(acc, started: float, limit_s: float) -> bool:
+    """Whether any process has run past ``limit_s`` (all processes stop at the same step)."""
+    late = torch.tensor([float(time.perf_counter() - started > limit_s)], device=acc.device)
+    return bool(acc.reduce(late, reduction="max").item()) if acc.num_processes > 1 else bool(late.item())
 
 
 def _check_store(manifest: dict[str, Any], target: Target, where: str | Path) -> None:

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Call 2 ON THE GPU MACHINE: training data from the embedded target + the eagle2 / hass / coral
+# drafters shipped in coral_bench/assets/, all inside one call's time. Everything that comes back
+# is written to $OUT (at most 8 files): one tar per drafter, the ids-only export of the store, logs.
+#   DEADLINE   seconds from start by which $OUT must be complete (default 540)
+#   GEN_LIMIT  seconds of generation before the store is closed with the prompts done (default 210)
+#   EPOCHS, LR, BATCH_TOKENS, SEED: training settings shared by all three methods
+#   DEV (cuda), GEN_ARGS (extra gen-data options): for a dry run of this script on a CPU
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+T0=$(date +%s)
+DEADLINE=${DEADLINE:-540}; GEN_LIMIT=${GEN_LIMIT:-210}
+EPOCHS=${EPOCHS:-3}; LR=${LR:-1e-3}; SEED=${SEED:-0}; DEV=${DEV:-cuda}; GEN_ARGS=${GEN_ARGS:-}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source scripts/device/setup.sh || exit 1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+MEM=$(python3 -c "import torch; print(torch.cuda.get_device_properties(0).total_memory >> 30 if torch.cuda.is_available() else 0)")
+BATCH_TOKENS=${BATCH_TOKENS:-$([ "$MEM" -ge 100 ] && echo 32768 || echo 16384)}
+W=.devcarry/work; mkdir -p $W
+LOG=$W/logs; mkdir -p $LOG
+elapsed() { echo $(( $(date +%s) - T0 )); }
+pack() {  # everything that must come back, re-run at the end and on the way out
+  for m in eagle2 hass coral; do
+    [ -f $W/$m/config.json ] && tar cf "$OUT/$m.tar" -C $W $m/config.json $m/model.safetensors $m/train-log.jsonl
+  done
+  [ -f $W/ids/manifest.json ] && tar cJf "$OUT/store-ids.tar.xz" -C $W ids
+  cp $W/store/manifest.json $LOG/store-manifest.json 2>/dev/null
+  tar czf "$OUT/logs.tar.gz" -C $W logs
+}
+trap pack EXIT
+{ nvidia-smi -L 2>/dev/null; echo "mem ${MEM} GiB; batch tokens $BATCH_TOKENS; git ${CORAL_BENCH_GIT_HASH:-?}"; } | tee $LOG/machine.txt
+
+echo "== gen-data ($(elapsed) s)"
+$CB gen-data --out $W/store --sources .devcarry/sharegpt-first-turns.json,gsm8k --max-new-tokens 256 \
+  --batch-size 1024 --max-batch-tokens 262144 --shard-tokens 1048576 --dtype bfloat16 --device $DEV \
+  --time-limit "$GEN_LIMIT" $GEN_ARGS > $LOG/gen-data.log 2>&1
+rc=$?; tail -20 $LOG/gen-data.log; [ $rc -eq 0 ] || exit $rc
+$CB gen-data --from-ids $W/store --ids-only --out $W/ids --device cpu > $LOG/ids-export.log 2>&1 &
+
+TL=$(( DEADLINE - $(elapsed) - 50 ))
+echo "== train, ${TL} s each, in parallel ($(elapsed) s)"
+for m in eagle2 hass coral; do
+  $CB train --method $m --data $W/store --out $W/$m --epochs "$EPOCHS" --lr "$LR" --batch-tokens "$BATCH_TOKENS" \
+    --seed "$SEED" --dtype bf16 --device $DEV --checkpoint-every 100 --time-limit "$TL" > $LOG/train-$m.log 2>&1 &
+done
+wait
+for m in eagle2 hass coral; do echo "-- $m"; tail -4 $LOG/train-$m.log; done
+echo "== done ($(elapsed) s)"
