@@ -22,8 +22,10 @@ GIT_HASH_ENV = "CORAL_BENCH_GIT_HASH"
 
 def git_hash() -> str | None:
     """The commit of the coral-bench checkout, with ``-dirty`` when it has uncommitted changes.
-    A copy of the tree without ``.git`` (e.g. shipped to a remote GPU machine) names its commit in
-    ``$CORAL_BENCH_GIT_HASH``."""
+    ``$CORAL_BENCH_GIT_HASH``, when set, wins: a copy of the tree shipped to a remote machine may
+    carry no ``.git``, or a stale one."""
+    if os.environ.get(GIT_HASH_ENV):
+        return os.environ[GIT_HASH_ENV]
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
