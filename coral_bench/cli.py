@@ -326,6 +326,9 @@ def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_
 @click.option("--distill-k", type=int, default=10, show_default=True, help="HASS top-K distillation K.")
 @click.option("--distill-weight", type=float, help="Default 1.0 for hass/coral, 0 for eagle2.")
 @click.option("--step-decay", type=float, default=1.0, show_default=True, help="Step j weighs decay^(j−1).")
+@click.option("--loss-vocab", type=int, default=0, show_default=True, metavar="N",
+              help="Soft CE / top-K over the N most frequent training tokens only (renormalised; a CPU "
+                   "speed lever, recorded as a deviation). 0: the full vocabulary.")
 @click.option("--feature-noise", type=float, default=0.05, show_default=True,
               help="Uniform noise U(−a, a)·RMS(f_t) on input features.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -341,7 +344,7 @@ def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_
 @click.option("--threads", type=int, help="torch threads (recorded). Default: torch's.")
 def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_tokens, steps, history,
           csra_temperature, csra_weight, csra_negatives, csra_anchor, distill_k, distill_weight, step_decay,
-          feature_noise, seed, dtype, checkpoint_every, resume, time_limit, eval_fraction, device, threads):
+          loss_vocab, feature_noise, seed, dtype, checkpoint_every, resume, time_limit, eval_fraction, device, threads):
     """Train an EAGLE-2 / HASS / CORAL drafter on a feature store (single process or `accelerate launch`)."""
     import torch
     from accelerate import PartialState
@@ -366,7 +369,7 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
         method, steps=steps, epochs=epochs, lr=lr, warmup_steps=warmup_steps, schedule=schedule,
         batch_tokens=batch_tokens, history=history, csra_temperature=csra_temperature, csra_negatives=csra_negatives,
         csra_anchor=csra_anchor, distill_k=distill_k, step_decay=step_decay, feature_noise=feature_noise, seed=seed,
-        dtype=dtype, checkpoint_every=checkpoint_every, eval_fraction=eval_fraction, **loss)
+        dtype=dtype, checkpoint_every=checkpoint_every, eval_fraction=eval_fraction, loss_vocab=loss_vocab, **loss)
     state = PartialState(cpu=device == "cpu")
     dev = device or str(state.device)
     loaded = load_target(target, dtype="float64" if dtype == "fp64" else "float32", device=dev)

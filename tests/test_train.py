@@ -302,6 +302,43 @@ def test_time_limit_stops_cleanly_and_resume_finishes(store_dir, target64, tmp_p
         assert torch.equal(a["model"][key], b["model"][key]), key
 
 
+def test_most_frequent_breaks_ties_by_id_and_returns_ascending_ids():
+    from coral_bench.train.loop import most_frequent
+
+    counts = torch.tensor([5, 9, 0, 9, 1, 5])
+    assert most_frequent(counts, 3).tolist() == [0, 1, 3]  # 9, 9, then the lower-id 5
+    assert most_frequent(counts, 6).tolist() == list(range(6))
+    with pytest.raises(TrainError, match="loss_vocab"):
+        most_frequent(counts, 7)
+
+
+def test_restricted_head_renormalises_over_the_chosen_tokens(target64):
+    feats = torch.randn(5, target64.hidden_size, dtype=D, generator=torch.Generator().manual_seed(1))
+    full = Frozen(target64, D)
+    every = Frozen(target64, D, torch.arange(target64.vocab_size))
+    torch.testing.assert_close(every.target_logp(feats), full.target_logp(feats), rtol=0, atol=0)
+    some = torch.tensor([3, 7, 11, 40])
+    restricted = Frozen(target64, D, some)
+    want = torch.log_softmax(full.head(feats)[:, some], -1)  # the full logits of those tokens, renormalised
+    torch.testing.assert_close(restricted.target_logp(feats), want, rtol=0, atol=1e-12)
+    assert restricted.full().vocab is None
+
+
+def test_loss_vocab_trains_and_is_recorded(store_dir, target64, tmp_path):
+    whole = train(store_dir, tmp_path / "all", settings_for("hass", loss_vocab=target64.vocab_size, **SMALL), target64)
+    base = train(store_dir, tmp_path / "base", settings_for("hass", **SMALL), target64)
+    a, b = final_state(tmp_path / "all"), final_state(tmp_path / "base")
+    for key in a["model"]:  # every token kept: the same training as the full vocabulary
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-12)
+    assert whole.metadata["loss_vocab"]["coverage"] == 1.0
+    cut = train(store_dir, tmp_path / "cut", settings_for("hass", loss_vocab=20, **SMALL), target64)
+    meta = cut.metadata
+    assert meta["loss_vocab"]["tokens"] == 20 and 0 < meta["loss_vocab"]["coverage"] < 1
+    assert any("20 most frequent" in note for note in meta["deviations"])
+    assert base.metadata["loss_vocab"] is None
+    assert len(cut.eval.accuracy) == 3 and cut.eval.terms  # held-out metrics over the full vocabulary
+
+
 def test_output_is_an_eagle_checkpoint_with_provenance(store_dir, target64, tmp_path):
     settings = settings_for("hass", **SMALL)
     result = train(store_dir, tmp_path / "hass", settings, target64, target_name="tiny-random")

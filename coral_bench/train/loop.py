@@ -31,11 +31,13 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..drafters.checkpoint import save_checkpoint
 from ..drafters.eagle_model import EagleConfig, EagleModel
@@ -103,6 +105,7 @@ class TrainSettings:
     history: str = "keep-real"  # slots t < j − 1 at step j: keep the real feature (HASS) or exclude
     detach_step_inputs: bool = True  # HASS: step j > 1 inputs are detached
     init: str = "identity"
+    loss_vocab: int = 0  # > 0: soft CE / top-K over the most frequent training tokens only (a CPU lever)
 
     def __post_init__(self) -> None:
         checks = [
@@ -120,6 +123,7 @@ class TrainSettings:
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
             (0 <= self.eval_fraction < 1, "eval_fraction must be in [0, 1)"),
             (self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.loss_vocab >= 0, "loss_vocab must be >= 0 (0: the full vocabulary)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -333,23 +337,59 @@ class TrainingData:
 # ---- one batch ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Frozen:
-    """The target's frozen embedding and LM head, in the dtypes training needs."""
+    """The target's frozen embedding and LM head, in the dtypes training needs.
+
+    ``vocab`` (token ids, ascending) restricts the head, hence every softmax of the loss, to those
+    tokens: distributions are renormalised over them (the ``loss_vocab`` lever; ``None``: all)."""
 
     target: Target
     dtype: torch.dtype  # master dtype of the drafter
+    vocab: torch.Tensor | None = None  # [V'] int64 on the target's device
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.target.embed(ids.to(self.target.device)).to(self.dtype)
 
+    @cached_property
+    def _rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:  # the head's [V', H] weight and bias
+        head = self.target.model.get_output_embeddings()
+        weight, bias = head.weight.detach(), getattr(head, "bias", None)
+        if self.vocab is not None:
+            weight = weight.index_select(0, self.vocab)
+            bias = None if bias is None else bias.detach().index_select(0, self.vocab)
+        return weight, bias
+
     def head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.target.logits_from_features(features.to(self.target.dtype))
+        if self.vocab is None:
+            return self.target.logits_from_features(features.to(self.target.dtype))
+        weight, bias = self._rows
+        return self.target.finish_logits(F.linear(features.to(weight.dtype), weight, bias))
+
+    def full(self) -> "Frozen":
+        """The same with the whole vocabulary (held-out metrics always use it)."""
+        return self if self.vocab is None else Frozen(self.target, self.dtype)
 
     @torch.no_grad()
-    def target_logp(self, features: torch.Tensor) -> torch.Tensor:  # [N, V] exact, outside autocast
+    def target_logp(self, features: torch.Tensor) -> torch.Tensor:  # [N, V'] exact, outside autocast
         with torch.autocast(features.device.type, enabled=False):
-            logits = self.target.logits_from_features(features.to(self.target.dtype))
+            logits = self.head(features)
             return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+
+
+def training_counts(data: "TrainingData", vocab: int) -> torch.Tensor:  # [V] int64
+    """Loss-token frequencies over the training split (the tokens the drafter has to predict)."""
+    counts = torch.zeros(vocab, dtype=torch.long)
+    for i in data.train:
+        seq = data.store[i]
+        counts += torch.bincount(seq.ids[seq.loss_mask], minlength=vocab)[:vocab]
+    return counts
+
+
+def most_frequent(counts: torch.Tensor, n: int) -> torch.Tensor:  # [n] int64 ascending
+    """The ``n`` most frequent token ids (ties: the lower id first), in ascending id order."""
+    if not 1 <= n <= counts.numel():
+        raise TrainError(f"loss_vocab must be in 1…{counts.numel()} (the target's vocabulary), not {n}")
+    return torch.sort(torch.sort(counts, descending=True, stable=True).indices[:n]).values
 
 
 def _autocast(settings: TrainSettings, device: torch.device):
@@ -389,6 +429,7 @@ def evaluate(core: MultiStepDrafter, data: TrainingData, frozen: Frozen, setting
     hits = [0] * settings.steps
     seen = [0] * settings.steps
     slots = 0
+    frozen = frozen.full()  # held-out losses and agreement over the whole vocabulary
     for batch_ids in data.eval_plan:
         batch = collate(data.store, batch_ids, frozen.dtype)
         slots += batch.slots
@@ -513,10 +554,15 @@ def train(
     log_path = out / LOG_FILE
     master = torch.float64 if settings.dtype == "fp64" else torch.float32
     target.model.requires_grad_(False)  # frozen embedding and LM head
-    frozen = Frozen(target, master)
-
     _check_store(read_manifest(Path(store_path)), target, store_path)  # before reading any shard
     data = TrainingData.open(Path(store_path), settings, acc.num_processes, target.hidden_size)
+    vocab, coverage = None, 1.0
+    if settings.loss_vocab:
+        counts = training_counts(data, target.vocab_size)
+        vocab = most_frequent(counts, settings.loss_vocab)
+        coverage = float(counts[vocab].sum()) / max(int(counts.sum()), 1)
+        vocab = vocab.to(target.device)
+    frozen = Frozen(target, master, vocab)
     total_steps = sum(len(p) for p in data.plans)
     warmup = settings.warmup_steps if settings.warmup_steps is not None else max(1, round(0.05 * total_steps))
 
@@ -648,6 +694,9 @@ def train(
                    "complete": position.epoch >= settings.epochs,
                    "distributed": "DDP (Accelerate)" if processes > 1 else "single process"},
         "eval": None if last_eval is None else last_eval.to_json(),
+        "loss_vocab": None if vocab is None else {
+            "tokens": settings.loss_vocab, "rule": "most frequent loss tokens of the training split",
+            "coverage": round(coverage, 6), "ids_sha256": hashlib.sha256(vocab.cpu().numpy().tobytes()).hexdigest()},
         "deviations": _deviations(settings),
         "target": target_name or target.name,
         "git_hash": provenance.git_hash(),
@@ -699,7 +748,10 @@ def _last_logged_eval(path: Path) -> EvalResult | None:
 def _deviations(settings: TrainSettings) -> list[str]:
     notes = [
         "feature noise is U(-a, a) times each slot's feature RMS (EAGLE: U(-0.1, 0.1) * 512 / length, absolute)",
-        "soft cross-entropy over the full vocabulary (no frequency-restricted vocabulary)",
+        "soft cross-entropy over the full vocabulary" if not settings.loss_vocab else
+        f"soft cross-entropy and top-K distillation over the {settings.loss_vocab} most frequent training tokens, "
+        "target and drafter distributions renormalised over them (frequency-restricted vocabulary; held-out "
+        "metrics use the full vocabulary)",
         "batches are length-bucketed under a padded-token budget (EAGLE/HASS: fixed sequences per batch)",
     ]
     if settings.loss.distill_weight:

@@ -35,7 +35,7 @@ from ..drafters.router import (CLUSTER_ITERATIONS, COUNTS_KEY, PARTITIONS, ROUTE
                                VocabGrouping, make_grouping, router_description)
 from ..target import Target
 from .batching import TrainBatch, collate, mix_seed
-from .loop import Frozen, TrainingData, _check_store, lr_factor, settings_for
+from .loop import Frozen, TrainingData, _check_store, lr_factor, settings_for, training_counts
 from .multistep import MultiStepDrafter
 from .store import read_manifest
 
@@ -218,15 +218,6 @@ class RouterResult:
     head_copy_bytes: int  # the permuted head copy inference will make (0 for contiguous)
     eval: RouterEval | None
     metadata: dict[str, Any]
-
-
-def training_counts(data: TrainingData, vocab: int) -> torch.Tensor:  # [V] int64
-    """Loss-token frequencies over the training split (the tokens the drafter has to predict)."""
-    counts = torch.zeros(vocab, dtype=torch.long)
-    for i in data.train:
-        seq = data.store[i]
-        counts += torch.bincount(seq.ids[seq.loss_mask], minlength=vocab)[:vocab]
-    return counts
 
 
 def _init_router(router: Router, seed: int) -> None:
