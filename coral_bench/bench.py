@@ -8,6 +8,7 @@ run resumes where it stopped; ``results.json`` is rebuilt from the samples at th
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from .sampling import SamplingConfig
 from .stats import compare, equality, first_divergence, summarize
 from .suites import Question, Suite, limit, load_suite
 from .tree import TreeShape
+from .tree_auto import AutoSettings, TreeChoice, auto_tree
 
 VANILLA = "vanilla"
 # Below this top-2 logit margin a greedy divergence is a numerical tie, not a bug (METHODS.md §4).
@@ -58,6 +60,7 @@ class RunConfig:
     threads: int | None = None
     warmup_tokens: int = 16
     require_idle: bool = False
+    tree_auto: AutoSettings | None = None  # --tree auto: EAGLE-style drafters' trees from the cost model
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,9 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     loaded = load_target(config.target, config.dtype, config.device)
     max_new = config.max_new_tokens or suite.max_new_tokens
     clock = Clock(loaded.target.model.device)
-    methods = _methods(config, loaded, clock)
-    config_json = _config_json(config, suite, loaded, max_new, threads, methods, command)
+    choices = _auto_trees(config, loaded, clock, out, resume, suite)
+    methods = _methods(config, loaded, clock, choices)
+    config_json = _config_json(config, suite, loaded, max_new, threads, methods, command, choices)
     rd.create_run_dir(out, config_json, resume)
     finished = {r.key: r for r in rd.read_samples(out)}
     resumed = len(finished)
@@ -131,13 +135,35 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     return results
 
 
-def _methods(config: RunConfig, loaded: LoadedTarget, clock: Clock) -> list[Method]:
+def _auto_trees(config: RunConfig, loaded: LoadedTarget, clock: Clock, out: Path, resume: bool,
+                suite: Suite) -> dict[str, TreeChoice]:
+    """--tree auto: the tree of each EAGLE-style drafter without its own @tree (``tree_auto``); a resumed run
+    keeps the choices its config.json recorded."""
+    if config.tree_auto is None:
+        return {}
+    from .profile import is_eagle
+
+    if resume and (out / rd.CONFIG).exists():
+        recorded = (json.loads((out / rd.CONFIG).read_text()).get("tree_auto") or {}).get("drafters", {})
+        return {label: TreeChoice.from_json(label, data) for label, data in recorded.items()}
+    choices = {}
+    for spec in config.drafters:
+        if spec.tree is None and is_eagle(spec.name):
+            choices[spec.label] = auto_tree(loaded, spec, config.tree_auto, clock, config.sampling.seed,
+                                            run_suite=suite.name)
+    return choices
+
+
+def _methods(config: RunConfig, loaded: LoadedTarget, clock: Clock,
+             choices: Mapping[str, TreeChoice] | None = None) -> list[Method]:
     target = loaded.target
+    choices = choices or {}
     methods = [_drafted(VANILLA, "baseline", DrafterSpec(VANILLA, VANILLA, None, None), config, target, clock)]
     for spec in config.drafters:
         if spec.name == VANILLA:
             raise MethodError("vanilla always runs as the baseline; do not pass it as --drafter")
-        methods.append(_drafted(spec.label, "drafter", spec, config, target, clock))
+        chosen = choices.get(spec.label)
+        methods.append(_drafted(spec.label, "drafter", spec, config, target, clock, chosen.tree if chosen else None))
     for spec in _peer_specs(config):
         peer = build_peer(spec, target)
         methods.append(Method(spec.label, "peer", _peer_run(peer, target, config.sampling, clock), peer=peer))
@@ -162,9 +188,11 @@ def _peer_run(peer: HfPeer, target, sampling: SamplingConfig, clock: Clock) -> C
     return run
 
 
-def _drafted(label: str, kind: str, spec: DrafterSpec, config: RunConfig, target, clock: Clock) -> Method:
+def _drafted(label: str, kind: str, spec: DrafterSpec, config: RunConfig, target, clock: Clock,
+             chosen: TreeShape | None = None) -> Method:
     entry = DRAFTERS.get(spec.name)
-    tree = spec.tree or (config.tree if kind == "drafter" else None) or (entry.default_tree if entry else None)
+    tree = (spec.tree or chosen or (config.tree if kind == "drafter" else None)
+            or (entry.default_tree if entry else None))
     settings = DrafterSettings(name=spec.name, tree=tree or TreeShape("chain", 1), checkpoint=spec.checkpoint,
                                seed=config.sampling.seed)
     drafter: Drafter = build_drafter(target, settings)
@@ -326,7 +354,7 @@ def _acceptance_not_available(entry: dict) -> None:
 
 
 def _config_json(config: RunConfig, suite: Suite, loaded: LoadedTarget, max_new: int, threads: int,
-                 methods: list[Method], command: str) -> dict:
+                 methods: list[Method], command: str, choices: Mapping[str, TreeChoice] | None = None) -> dict:
     return {
         "suite": suite.name,
         "suite_source": suite.source,
@@ -345,4 +373,9 @@ def _config_json(config: RunConfig, suite: Suite, loaded: LoadedTarget, max_new:
         "methods": {m.label: {"kind": m.kind, "tree": m.tree.describe() if m.tree else None} for m in methods},
         "drafters": [asdict(d) | {"tree": d.tree.describe() if d.tree else None} for d in config.drafters],
         "command": command,
+        "tree_auto": None if config.tree_auto is None else {
+            "settings": config.tree_auto.to_json(),
+            "drafters": {label: c.to_json() for label, c in (choices or {}).items()},
+            "untuned": "vanilla takes no tree; prompt-lookup, oracles and early-exit keep their default trees; "
+                       "a drafter's own @tree wins"},
     }

@@ -68,7 +68,8 @@ def _tree(ctx, param, value):
 @click.option("--drafter", "drafters", multiple=True, metavar="[LABEL=]NAME[:CKPT][@tree=SHAPE]",
               help="A drafter to compare with vanilla (repeatable).")
 @click.option("--peer", "peers", multiple=True, help="A peer implementation (hf-vanilla always runs).")
-@click.option("--tree", callback=_tree, help="Tree for every drafter: chain:N or top_k=K,depth=D,total_tokens=T.")
+@click.option("--tree", callback=_tree, help="Tree for every drafter: chain:N or top_k=K,depth=D,total_tokens=T; "
+              "auto: EAGLE-style drafters get the grid tree with the best predicted speedup on this machine.")
 @click.option("--limit", type=int, help="Only the first N questions.")
 @click.option("--max-new-tokens", type=int, help="Default: the suite's (256).")
 @click.option("--temperature", type=float, default=0.0, show_default=True)
@@ -96,14 +97,17 @@ def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature
         raise click.BadParameter("must be >= 1", param_hint="--limit")
     if max_new_tokens is not None and max_new_tokens < 1:
         raise click.BadParameter("must be >= 1", param_hint="--max-new-tokens")
-    if tree == "auto":
-        _fail("--tree auto needs the cost model, which is not built yet; give a shape")
+    auto = None
+    if tree == "auto":  # EAGLE-style drafters: the tree the cost model predicts fastest here (tree_auto)
+        from .tree_auto import AutoSettings
+
+        tree, auto = None, AutoSettings()
     if resume and out is None:
         raise click.BadParameter("--resume needs the --out of the run to continue", param_hint="--resume")
     config = RunConfig(suite=suite, target=target, drafters=tuple(DrafterSpec.parse(d) for d in drafters),
                        peers=tuple(peers), tree=tree, limit=limit, max_new_tokens=max_new_tokens,
                        sampling=SamplingConfig(temperature=temperature, top_p=top_p, top_k=sample_top_k, seed=seed),
-                       dtype=dtype, device=device, threads=threads, require_idle=require_idle)
+                       dtype=dtype, device=device, threads=threads, require_idle=require_idle, tree_auto=auto)
     load_suite(suite)  # fail fast on a bad suite, before loading a model
     if out is None:
         stem = Path(suite).stem if suite.endswith(".jsonl") else suite
@@ -454,6 +458,14 @@ def _print_method_profiles(body: dict) -> None:
                   f"{loop['tree_s'] * 1e6:.0f}, verify {loop['verify_s'] * 1e6:.0f}, commit {loop['commit_s'] * 1e6:.0f}, "
                   f"loop {loop['loop_s'] * 1e6:.0f} (score call {loop['score_call_s'] * 1e6:.0f}, inside T_V) over "
                   f"{loop['cycles']} cycles")
+        if m.get("early_exit"):
+            ee = m["early_exit"]
+            out.print(f"  early exit: {ee['steps']} steps per cycle through {ee['exit_layers']} of "
+                      f"{len(ee['layers'])} target layers + LM head (per-layer latencies and measured step glue)")
+        if m.get("head_rows"):
+            hr = m["head_rows"]
+            out.print(f"  {hr['kind']} draft head: {hr['rows_per_union']:.0f} LM-head rows per selected group, "
+                      f"timed at U = {sorted({p['head_rows'] for p in hr['matmul']})} rows")
         if not m.get("forward"):
             continue
         _print_drafter_regions(label, m)

@@ -34,7 +34,8 @@ from . import results as rd
 from .clock import Clock, is_busy, load_average
 from .decode import generate
 from .drafters.base import Drafter, DrafterSettings, generator_for
-from .drafters.eagle import EagleDrafter, EagleInfo, build_eagle
+from .drafters.eagle import EagleDrafter, EagleInfo, build_eagle, build_routed
+from .drafters.early_exit import EarlyExitDrafter, parse_layers
 from .drafters.eagle import _top_logprobs  # the drafter's own log-softmax + top-k, timed as a region
 from .drafters.eagle_model import DraftKVCache, EagleModel, EagleOutput, KVBlock
 from .drafters.registry import DRAFTERS, build_drafter
@@ -47,11 +48,18 @@ from .tree import DraftTree, TreeShape
 PROFILE = "profile.json"
 SCHEMA = 1
 NOOP_DRAFTERS = ("vanilla", "prompt-lookup")  # model-free drafters the no-op loop runs as they are
+ORACLES = ("oracle", "noisy-oracle")  # no forwards: drafting is a lookup, all of it in the no-op loop
+EARLY_EXIT = "early-exit"
 
 
 def is_eagle(name: str) -> bool:
-    """EAGLE-style drafters (eagle, eagle2, hass, coral): the ones with fc / layer / LM-head forwards."""
-    return name in DRAFTERS and DRAFTERS[name].factory is build_eagle
+    """EAGLE-style drafters (eagle, eagle2, hass, coral, coral-router): fc / layer / LM-head forwards."""
+    return name in DRAFTERS and DRAFTERS[name].factory in (build_eagle, build_routed)
+
+
+def is_modelled(name: str) -> bool:
+    """Drafters the profile pass and the cost model cover."""
+    return is_eagle(name) or name in NOOP_DRAFTERS or name in ORACLES or name == EARLY_EXIT
 
 
 # =============================================================================================
@@ -132,8 +140,9 @@ class MethodProfile:
                                "parameters": self.parameters, "lm_head_parameters": self.lm_head_parameters}
         if self.costs is None:
             return out | {"supported": False, "reason": self.reason}
-        f = self.costs.forward
+        f, ee, hr = self.costs.forward, self.costs.early_exit, self.costs.head_rows
         return out | {"supported": True, "forward": f.to_json() if f else None, "loop": self.costs.loop.to_json(),
+                      "early_exit": ee.to_json() if ee else None, "head_rows": hr.to_json() if hr else None,
                       "first_rows": self.first_rows, "lm_head_share": shares[0] if shares else None,
                       "lm_head_total_share": shares[1] if shares else None,
                       "regions": [r.to_json() for r in self.regions]}
@@ -566,26 +575,39 @@ class _DrafterView:
 
 
 def _noop_drafter(name: str, settings: DrafterSettings, eos: Sequence[int], device: torch.device,
-                  gen: torch.Generator, info: EagleInfo | None) -> Drafter:
+                  gen: torch.Generator, info: EagleInfo | None, target: Target | None = None) -> Drafter:
+    from .profile_terms import EarlyExitView
+
     if is_eagle(name):
         k = _tree_k(settings.tree, 10**9)
         view = _DrafterView(max(64, 4 * k + len(eos)), max(k, 1), eos, device, gen)
         return EagleDrafter(view, _NoopEagleModel(), settings, info)  # type: ignore[arg-type]
+    if name in ORACLES:  # the real oracle code over the no-op target (its vocabulary and EOS)
+        return build_drafter(target, settings)  # type: ignore[arg-type]
+    if name == EARLY_EXIT:  # the real drafter (tree building, rerank) around precomputed drafts
+        config = target.model.config  # type: ignore[union-attr]
+        layers = parse_layers(settings.checkpoint, int(config.num_hidden_layers))
+        view = EarlyExitView(int(config.vocab_size), settings.tree.levels, eos, device, gen)
+        return EarlyExitDrafter(view, settings, layers)  # type: ignore[arg-type]
     return build_drafter(None, settings)  # type: ignore[arg-type]  # vanilla, prompt-lookup: no target needed
 
 
 def noop_loop(config: Any, dtype: torch.dtype, device: torch.device, name: str, tree: TreeShape,
               plans: Sequence[NoopPlan], clock: Clock, max_cycles: int, seed: int = 0,
-              info: EagleInfo | None = None) -> LoopCosts:
+              info: EagleInfo | None = None, checkpoint: str | None = None) -> LoopCosts:
     """Per-cycle costs outside model forwards: the real decode loop, ``Target`` and drafter code around
-    stand-in networks that return precomputed outputs (METHODS.md §7), replaying ``plans``."""
+    stand-in networks that return precomputed outputs (METHODS.md §7), replaying ``plans``. Oracles read a
+    constant greedy line (untimed, as in a run); ``checkpoint`` carries early-exit's layer count."""
+    from .profile_terms import constant_reference
+
     gen = torch.Generator().manual_seed(seed)
     eos = _eos_ids(config)
     low = max(64, 4 * tree.top_k + len(eos))
     script = _Script(eos, low)
     target = Target(_NoopLM(config, dtype, device, script, tree.max_nodes + 1, gen), eos, name="no-op")
-    settings = DrafterSettings(name=name, tree=tree)
-    drafter = _noop_drafter(name, settings, eos, device, gen, info)
+    settings = DrafterSettings(name=name, tree=tree, checkpoint=checkpoint if name == EARLY_EXIT else None)
+    drafter = _noop_drafter(name, settings, eos, device, gen, info, target)
+    reference = constant_reference(script.filler(set())) if name in ORACLES else None
     vocab = int(config.vocab_size)
     sums, cycles, decode = defaultdict(float), 0, 0.0
     for i, plan in enumerate([plans[0], *plans]):  # the first is a warm-up
@@ -593,7 +615,7 @@ def noop_loop(config: Any, dtype: torch.dtype, device: torch.device, name: str, 
         prompt = [t for t in prompt.tolist() if t not in eos] or [low]
         script.start(plan.accepted)
         out = generate(target, drafter, prompt, plan.new_tokens, SamplingConfig(), generator_for(seed), clock,
-                       reserve=tree.max_nodes)
+                       reserve=tree.max_nodes, reference=reference)
         if i == 0:
             continue
         for c in out.cycles:
@@ -663,22 +685,31 @@ class MethodSpec:
 
 
 def profile_method(spec: MethodSpec, target: Target, settings: ProfileSettings, clock: Clock) -> MethodProfile:
-    """Forward terms (EAGLE-style drafters) and no-op loop costs of one method on ``target``."""
+    """Forward terms (EAGLE-style drafters, with a routed / subset head's rows; early exit's layers) and
+    no-op loop costs of one method on ``target``. Oracles and model-free drafters: the no-op loop only."""
+    from .profile_terms import early_exit_costs, head_row_costs
+
     gen = torch.Generator().manual_seed(settings.seed)
-    if not (is_eagle(spec.name) or spec.name in NOOP_DRAFTERS):
+    if not is_modelled(spec.name):
         return MethodProfile(spec.label, spec.name, spec.tree, None,
-                             reason=f"{spec.name}: the profile pass models EAGLE-style and model-free drafters only")
-    forward, regions, params, info = None, (), 0, None
+                             reason=f"{spec.name}: the profile pass does not model this drafter")
+    forward, early, rows, regions, params, info = None, None, None, (), 0, None
     if is_eagle(spec.name):
         drafter = build_drafter(target, DrafterSettings(spec.name, spec.tree, spec.checkpoint, spec.seed))
         h = DraftHarness.of(drafter, target)
         forward, regions = forward_costs(h, spec.tree, settings, clock, gen)
         params, info = drafter.parameter_count(), drafter.info
+        if drafter.head is not None:
+            rows = head_row_costs(drafter.head, (1, *forward.widths), h.top_k, clock, settings.repeats, gen)
+    elif spec.name == EARLY_EXIT:
+        layers = parse_layers(spec.checkpoint, target.num_layers)
+        early, regions = early_exit_costs(target, layers, spec.tree.levels, settings.contexts, clock,
+                                          settings.repeats, gen)
     loop = noop_loop(target.model.config, target.dtype, target.device, spec.name, spec.tree, spec.plans, clock,
-                     settings.noop_cycles, settings.seed, info)
+                     settings.noop_cycles, settings.seed, info, spec.checkpoint)
     head = target.vocab_size * target.hidden_size if forward else 0
-    return MethodProfile(spec.label, spec.name, spec.tree, DrafterCosts(forward, loop), regions, params, head,
-                         spec.first_rows if forward else 1.0)
+    return MethodProfile(spec.label, spec.name, spec.tree, DrafterCosts(forward, loop, early, rows), regions, params,
+                         head, spec.first_rows if forward else 1.0)
 
 
 def profile_target(target: Target, settings: ProfileSettings, clock: Clock,

@@ -53,6 +53,7 @@ class ReplayCycle:
     accepted: int  # draft tokens matching the recorded tokens
     emitted: int  # after the cut at the recorded output's end
     expected_accepted: float | None = None  # T > 0: closed-form E[accepted] of the tree
+    head_union: tuple[int, ...] = ()  # |∪ selected router groups| per drafter forward (routed heads)
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ class ReplaySample:
         acc = [c.expected_accepted if expected else c.accepted for c in self.cycles]
         emitted = [a + 1 for a in acc] if expected else [c.emitted for c in self.cycles]
         return SampleShape(self.question_id, self.turn, self.prompt_tokens, self.new_tokens,
-                           shape_cycles(self.prompt_tokens, [c.nodes for c in self.cycles], acc, emitted))
+                           shape_cycles(self.prompt_tokens, [c.nodes for c in self.cycles], acc, emitted,
+                                        [c.head_union for c in self.cycles]))
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,8 @@ class ReplayResult:
                              "new_tokens": s.new_tokens, "mismatches": s.mismatches,
                              "nodes": [c.nodes for c in s.cycles], "accepted": [c.accepted for c in s.cycles],
                              "emitted": [c.emitted for c in s.cycles],
-                             "expected_accepted": [c.expected_accepted for c in s.cycles]} for s in self.samples]}
+                             "expected_accepted": [c.expected_accepted for c in s.cycles],
+                             "head_union": [list(c.head_union) for c in s.cycles]} for s in self.samples]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +183,7 @@ def replay_greedy(target: Target, drafter: Drafter, prompt: list[int], output: S
         path = _match(tree, truth.token, pos)
         tokens = tuple(tree.tokens[i] for i in path[1:]) + (truth.token(pos + len(path)),)
         emitted = min(len(tokens), N - done)
-        cycles.append(ReplayCycle(tree.size, len(path) - 1, emitted))
+        cycles.append(ReplayCycle(tree.size, len(path) - 1, emitted, None, tree.head_union))
         done += emitted
         if done >= N:
             break
@@ -209,7 +212,7 @@ def replay_sampled(target: Target, drafter: Drafter, prompt: list[int], output: 
         bonus = seq[nxt] if nxt < len(seq) else int(scored.logits[path[-1]].argmax())
         tokens = tuple(tree.tokens[i] for i in path[1:]) + (bonus,)
         emitted = min(len(tokens), N - done)
-        cycles.append(ReplayCycle(tree.size, len(path) - 1, emitted, expected))
+        cycles.append(ReplayCycle(tree.size, len(path) - 1, emitted, expected, tree.head_union))
         done += emitted
         if done >= N:
             target.discard()
@@ -367,8 +370,8 @@ def estimate_run(run_dir: Path, trees: Sequence[TreeShape] = (), labels: Sequenc
         else:
             estimates.append(est)
         name = specs[label]["name"]
-        if trees and not (pf.is_eagle(name) or name in pf.NOOP_DRAFTERS):
-            note(f"{label}: no what-if for {name} (the profile pass models EAGLE-style and model-free drafters)")
+        if trees and not pf.is_modelled(name):
+            note(f"{label}: no what-if for {name} (the profile pass does not model it)")
             continue
         for tree in trees:
             if tree.max_nodes > max(body["settings"]["nodes"]):

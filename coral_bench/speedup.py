@@ -16,71 +16,26 @@ Per sample s with prompt P_s, N_s new tokens and cycles c = 1 … C_s::
 
 ctx_c is the target's committed length before cycle c: P + tokens emitted by earlier cycles. T_tree,
 T_verify, T_commit and T_py come from the no-op decode loop of the profile pass (never a residual).
+
+Other drafters (``draft_times``): oracles and model-free drafters have no forward terms (their drafting
+is the no-op loop's T_tree, running their real code); ``early-exit:N`` replaces the forwards by K steps
+of the target's first N layers + head (``draft_costs.EarlyExitCosts``); routed and subset heads replace
+T_head(w) + T_sm(w) by T_router(w) + T_head(U rows, w) + T_sm(U, w), U from the recorded
+|∪ selected groups| per forward (``draft_costs.HeadRowCosts``).
 """
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping, Sequence
 
+from .curves import Curve, Grid, curve as _curve, curve_json as _curve_json, grid as _grid, grid_json as _grid_json
+from .draft_costs import EarlyExitCosts, HeadRowCosts
 from .records import SampleRecord
 
 
 # ---------------------------------------------------------------------------------------------
 # latency terms
-
-
-@dataclass(frozen=True)
-class Curve:
-    """y(x) through measured points, piecewise linear; linear beyond the ends, floored at 0."""
-
-    xs: tuple[float, ...]  # [K] strictly increasing
-    ys: tuple[float, ...]  # [K] seconds
-
-    def __post_init__(self) -> None:
-        if not self.xs or len(self.xs) != len(self.ys) or any(b <= a for a, b in zip(self.xs, self.xs[1:])):
-            raise ValueError(f"a curve needs increasing xs with one y each (got {self.xs}, {self.ys})")
-
-    def at(self, x: float) -> float:
-        xs, ys = self.xs, self.ys
-        if len(xs) == 1:
-            return ys[0]
-        i = min(max(bisect.bisect_right(xs, x) - 1, 0), len(xs) - 2)  # segment [i, i+1], end segments extrapolate
-        slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
-        return max(0.0, ys[i] + slope * (x - xs[i]))
-
-    @classmethod
-    def from_points(cls, points: Iterable[tuple[float, float]]) -> "Curve":
-        pts = sorted(dict(points).items())
-        return cls(tuple(float(x) for x, _ in pts), tuple(float(y) for _, y in pts))
-
-
-@dataclass(frozen=True)
-class Grid:
-    """y(rows, context), bilinear over a full grid of measured points (T_V(n, ctx), drafter body)."""
-
-    rows: tuple[int, ...]  # [R] increasing
-    contexts: tuple[int, ...]  # [C] increasing
-    seconds: tuple[tuple[float, ...], ...]  # [C][R]
-
-    def at(self, rows: float, context: float) -> float:
-        per_context = [(c, Curve(self.rows, s).at(rows)) for c, s in zip(self.contexts, self.seconds)]
-        return Curve.from_points(per_context).at(context)
-
-    @classmethod
-    def from_points(cls, points: Iterable[tuple[int, int, float]]) -> "Grid":
-        """Points (rows, context, seconds); every rows × context pair must be present."""
-        table = {(int(r), int(c)): float(s) for r, c, s in points}
-        rows = tuple(sorted({r for r, _ in table}))
-        contexts = tuple(sorted({c for _, c in table}))
-        missing = [(r, c) for r in rows for c in contexts if (r, c) not in table]
-        if not table or missing:
-            raise ValueError(f"incomplete grid: missing (rows, context) {missing[:3]}")
-        return cls(rows, contexts, tuple(tuple(table[(r, c)] for r in rows) for c in contexts))
-
-    def points(self) -> list[tuple[int, int, float]]:
-        return [(r, c, s) for c, row in zip(self.contexts, self.seconds) for r, s in zip(self.rows, row)]
 
 
 @dataclass(frozen=True)
@@ -132,10 +87,14 @@ class ForwardCosts:
 
 @dataclass(frozen=True)
 class DrafterCosts:
-    """Everything the model needs about one drafter and tree: forwards (None: model-free) and loop costs."""
+    """Everything the model needs about one drafter and tree: forwards (None: model-free, oracle or early
+    exit) and loop costs; ``early_exit`` replaces the forwards for ``early-exit:N``; ``head_rows`` replaces the
+    full LM head (``forward.head`` / ``forward.softmax_topk``) for routed and subset heads (draft_costs)."""
 
     forward: ForwardCosts | None
     loop: LoopCosts
+    early_exit: EarlyExitCosts | None = None
+    head_rows: HeadRowCosts | None = None
 
 
 @dataclass(frozen=True)
@@ -153,22 +112,6 @@ class TargetCosts:
         return cls(t_v, _curve(data["t_pf"], "prompt_tokens"))
 
 
-def _grid_json(grid: Grid) -> list[dict]:
-    return [{"rows": r, "context": c, "seconds": s} for r, c, s in grid.points()]
-
-
-def _grid(data: Sequence[Mapping[str, Any]]) -> Grid:
-    return Grid.from_points((p["rows"], p["context"], p["seconds"]) for p in data)
-
-
-def _curve_json(curve: Curve, x: str) -> list[dict]:
-    return [{x: int(a), "seconds": b} for a, b in zip(curve.xs, curve.ys)]
-
-
-def _curve(data: Sequence[Mapping[str, Any]], x: str) -> Curve:
-    return Curve.from_points((p[x], p["seconds"]) for p in data)
-
-
 # ---------------------------------------------------------------------------------------------
 # acceptance: what the run (or replay) did
 
@@ -182,6 +125,7 @@ class CycleShape:
     emitted: float  # tokens the cycle emitted (accepted + 1 unless cut)
     context: float  # ctx_c: committed target length before the cycle
     prev_rows: float | None  # L_{c−1} + 1 slots for the first drafter forward; None in a sample's first cycle
+    head_union: tuple[int, ...] = ()  # [≤ D] |∪ selected router groups| per drafter forward (routed heads)
 
 
 @dataclass(frozen=True)
@@ -198,11 +142,13 @@ class SampleShape:
 
 
 def shape_cycles(prompt_tokens: int, nodes: Sequence[int], accepted: Sequence[float],
-                 emitted: Sequence[float]) -> tuple[CycleShape, ...]:
-    """Cycles with their contexts: ctx_c = P + Σ_{c' < c} emitted_c' (METHODS.md §2 bookkeeping)."""
+                 emitted: Sequence[float], unions: Sequence[Sequence[int]] | None = None) -> tuple[CycleShape, ...]:
+    """Cycles with their contexts: ctx_c = P + Σ_{c' < c} emitted_c' (METHODS.md §2 bookkeeping); ``unions``:
+    the recorded |∪ router groups| per forward of each cycle (routed heads), else none."""
+    unions = unions if unions is not None else [()] * len(nodes)
     out, ctx, prev = [], float(prompt_tokens), None
-    for n, a, e in zip(nodes, accepted, emitted, strict=True):
-        out.append(CycleShape(int(n), float(a), float(e), ctx, prev))
+    for n, a, e, u in zip(nodes, accepted, emitted, unions, strict=True):
+        out.append(CycleShape(int(n), float(a), float(e), ctx, prev, tuple(int(x) for x in u)))
         ctx, prev = ctx + e, a + 1
     return tuple(out)
 
@@ -218,9 +164,10 @@ def sample_shapes(samples: Sequence[SampleRecord], cycle_rows: Sequence[Mapping[
     for s in samples:
         rows = by_key.get((s.question_id, s.turn), {})
         nodes = [rows[i]["nodes"] if i in rows else default_nodes for i in range(s.cycles)]
+        unions = [rows[i].get("head_union") or () if i in rows else () for i in range(s.cycles)]
         emitted = _emitted(s)
         shapes.append(SampleShape(s.question_id, s.turn, s.prompt_tokens, s.new_tokens,
-                                  shape_cycles(s.prompt_tokens, nodes, s.accepted, emitted)))
+                                  shape_cycles(s.prompt_tokens, nodes, s.accepted, emitted, unions)))
     return shapes
 
 
@@ -268,22 +215,38 @@ class StageTimes:
         return {**{f.name: getattr(self, f.name) for f in fields(self)}, "draft": self.draft, "total": self.total}
 
 
-def forward_times(f: ForwardCosts, prev_rows: float | None, context: float) -> tuple[float, float, float]:
+def forward_times(f: ForwardCosts, prev_rows: float | None, context: float, head_rows: HeadRowCosts | None = None,
+                  unions: Sequence[int] = ()) -> tuple[float, float, float]:
     """(body, head, softmax_topk) seconds of one cycle's D drafter forwards: the first over ``prev_rows`` =
-    L_{c−1} + 1 slots (None: a sample's first cycle, whose slots the drafter prefill ran), then the expansions."""
+    L_{c−1} + 1 slots (None: a sample's first cycle, whose slots the drafter prefill ran), then the expansions.
+    With ``head_rows`` (routed / subset head) the head terms follow the rows computed, ``unions`` per forward."""
     body = f.first_body.at(prev_rows, context) if prev_rows is not None else 0.0
-    head, sm = f.head.at(1), f.softmax_topk.at(1)
     for w in f.widths:
         body += f.expand_body.at(w, context)
+    if head_rows is not None:
+        head, sm = head_rows.cycle((1, *f.widths), unions)
+        return body, head, sm
+    head, sm = f.head.at(1), f.softmax_topk.at(1)
+    for w in f.widths:
         head += f.head.at(w)
         sm += f.softmax_topk.at(w)
     return body, head, sm
 
 
+def draft_times(c: CycleShape, drafter: DrafterCosts) -> tuple[float, float, float]:
+    """(body, head, softmax_topk) of one cycle's drafting forwards, whatever the drafter (0 for model-free
+    drafters and oracles, whose drafting is all in the no-op loop's ``tree_s``)."""
+    if drafter.early_exit is not None:
+        body, head = drafter.early_exit.cycle(c.context)
+        return body, head, 0.0  # argmax / top-k of the early-exit step is in its measured glue
+    if drafter.forward is not None:
+        return forward_times(drafter.forward, c.prev_rows, c.context, drafter.head_rows, c.head_union)
+    return 0.0, 0.0, 0.0
+
+
 def cycle_time(c: CycleShape, target: TargetCosts, drafter: DrafterCosts) -> StageTimes:
     """T_cycle of METHODS.md §7 for one cycle."""
-    f = drafter.forward
-    body, head, sm = forward_times(f, c.prev_rows, c.context) if f is not None else (0.0, 0.0, 0.0)
+    body, head, sm = draft_times(c, drafter)
     loop = drafter.loop
     return StageTimes(body, head, sm, loop.tree_s, target.t_v.at(c.nodes, c.context), loop.verify_s,
                       loop.commit_s, loop.loop_s)
@@ -385,8 +348,9 @@ def predict(spec: Sequence[SampleShape], vanilla: Sequence[SampleShape], target:
     tau = emitted / cycles if cycles else None
     sr_inf = tau * van_cycle.total / per_cycle.total if tau and per_cycle.total else None
     lev = None
-    if tau and drafter.forward is not None and van_cycle.total:
-        gamma = drafter.forward.forwards
+    gamma = (drafter.early_exit.steps if drafter.early_exit is not None
+             else drafter.forward.forwards if drafter.forward is not None else 0)
+    if tau and gamma and van_cycle.total:
         c = (per_cycle.body + per_cycle.head + per_cycle.softmax_topk) / gamma / van_cycle.total
         lev = leviathan(tau, gamma, c)
     return Prediction(
@@ -483,7 +447,9 @@ def costs_from_json(profile: Mapping[str, Any], label: str) -> DrafterCosts | No
     if not entry or not entry.get("supported"):
         return None
     forward = ForwardCosts.from_json(entry["forward"]) if entry.get("forward") else None
-    return DrafterCosts(forward, LoopCosts.from_json(entry["loop"]))
+    early = EarlyExitCosts.from_json(entry["early_exit"]) if entry.get("early_exit") else None
+    rows = HeadRowCosts.from_json(entry["head_rows"]) if entry.get("head_rows") else None
+    return DrafterCosts(forward, LoopCosts.from_json(entry["loop"]), early, rows)
 
 
 # ---------------------------------------------------------------------------------------------

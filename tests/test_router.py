@@ -435,6 +435,17 @@ def test_routed_and_unrouted_drafters_run_side_by_side(target64, tmp_path):
     replay = CliRunner().invoke(main, ["replay", str(out), "--drafter", f"coral-router:{ckpt}@router_k=8"],
                                 catch_exceptions=False)
     assert replay.exit_code == 0, replay.output
+    # The cost model: routed and subset heads are costed by the head rows they compute (draft_costs.HeadRowCosts).
+    profile = CliRunner().invoke(main, ["profile", "--run", str(out), "--nodes", "1,2,4,8", "--repeats", "1",
+                                        "--noop-cycles", "10"], catch_exceptions=False)
+    assert profile.exit_code == 0, profile.output
+    methods = json.loads((out / "profile.json").read_text())["methods"]
+    assert methods["coral-router"]["head_rows"]["kind"] == "routed" and methods["coral"]["head_rows"] is None
+    assert methods["fr"]["head_rows"]["kind"] == "frequency-subset" and methods["fr"]["head_rows"]["rows_per_union"] == 64
+    estimate = CliRunner().invoke(main, ["estimate-speedup", str(out)], catch_exceptions=False)
+    assert estimate.exit_code == 0, estimate.output
+    drafters = json.loads((out / "results.json").read_text())["drafters"]
+    assert all(drafters[label]["speedup_predicted"] > 0 for label in ("coral-router", "coral", "fr"))
 
 
 def test_router_examples_are_labelled_from_the_target_distribution(target64, tiny_store):
