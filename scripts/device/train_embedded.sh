@@ -50,7 +50,8 @@ fi
 # One method at a time with the whole GPU: three processes × 16 threads on 16 cores (and 3 × ~45 GB
 # of GPU memory) made every step take 2–20 s and one process run out of memory (first H200 try).
 # Time shares follow the unroll steps: eagle2 1, hass 3, coral 3 (of 7).
-LEFT=$(( DEADLINE - $(elapsed) - 60 ))
+DECODE_S=${DECODE_S:-120}  # kept for a decoder check with the new drafters (0: none)
+LEFT=$(( DEADLINE - $(elapsed) - 60 - DECODE_S ))
 for m in eagle2 hass coral; do
   share=$([ $m = eagle2 ] && echo 1 || echo 3)
   TL=$(( LEFT * share / 7 ))
@@ -60,4 +61,13 @@ for m in eagle2 hass coral; do
     > $LOG/train-$m.log 2>&1
   tail -3 $LOG/train-$m.log
 done
+if [ "$DECODE_S" -gt 0 ] && [ -f $W/coral/config.json ]; then
+  # The GPU decoder beside hf-vanilla with the new drafters (a smoke run once showed vanilla far
+  # slower than hf-vanilla on CUDA with a tiny model: look at the cycles).
+  echo "== decoder check, at most ${DECODE_S} s ($(elapsed) s)"
+  timeout "$DECODE_S" $CB run --suite mtbench --limit 4 --max-new-tokens 128 --device $DEV --dtype bfloat16 \
+    --drafter prompt-lookup --drafter eagle2:$W/eagle2 --drafter hass:$W/hass --drafter coral:$W/coral \
+    --out $W/logs/run > $LOG/run.log 2>&1
+  tail -16 $LOG/run.log
+fi
 echo "== done ($(elapsed) s)"
