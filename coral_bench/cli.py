@@ -220,7 +220,8 @@ def report(run_dirs, out):
 @click.option("--target", default="smollm2-135m", show_default=True, help="Registry name, local model directory or cached HF id.")
 @click.option("--sources", default="sharegpt,gsm8k", show_default=True,
               help="Comma-separated: sharegpt, gsm8k, or .jsonl/.json files (FastChat turns or ShareGPT conversations).")
-@click.option("--max-prompts", type=int, help="Stop after N prompts (default: every prompt that passes the filters).")
+@click.option("--max-prompts", type=int, help="Stop after N prompts (default: every prompt that passes the filters); "
+              "with --from-ids: the source's first N sequences.")
 @click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Per response.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--max-batch-tokens", type=int, default=1 << 15, show_default=True, help="Padded prompt tokens per batch.")
@@ -283,7 +284,8 @@ def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_
         if from_ids is not None:
             manifest = features_from_ids(loaded, from_ids, out, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                                          store_dtype=store_dtype, ids_only=ids_only, shard_tokens=shard_tokens,
-                                         resume=resume, command=command, progress=progress)
+                                         resume=resume, command=command, progress=progress,
+                                         max_sequences=max_prompts)
         else:
             manifest = generate_store(loaded, config, out, resume=resume, command=command, progress=progress,
                                       time_limit_s=time_limit)

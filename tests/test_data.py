@@ -311,6 +311,19 @@ def test_resume_after_an_interruption_gives_the_same_store(store, loaded, qfile,
         assert (part / shard["file"]).read_bytes() == (out / shard["file"]).read_bytes()
 
 
+def test_from_ids_can_take_the_first_sequences(store, loaded, tmp_path):
+    out, manifest = store
+    part = features_from_ids(loaded, out, tmp_path / "part", max_sequences=5, store_dtype="float64")
+    assert part["counts"]["sequences"] == 5 and part["from_ids"]["first_sequences_of"] == len(QUESTIONS)
+    assert part["from_ids"]["tokens"] == part["counts"]["tokens"] < manifest["counts"]["tokens"]
+    assert (tmp_path / "part" / "prompts.txt").read_text().splitlines() == (out / "prompts.txt").read_text().splitlines()[:5]
+    for a, b in zip(_sequences(tmp_path / "part"), _sequences(out)[:5]):
+        assert torch.equal(a.ids, b.ids)
+        torch.testing.assert_close(a.features, b.features, rtol=0, atol=1e-10)
+    with pytest.raises(DataError, match="max-prompts"):
+        features_from_ids(loaded, out, tmp_path / "none", max_sequences=0)
+
+
 def test_time_limit_closes_a_complete_store_with_a_prefix_of_the_batches(store, loaded, qfile, index, tmp_path):
     out, manifest = store
     cut = generate_store(loaded, _config(qfile), tmp_path / "cut", index=index, time_limit_s=0.0)
