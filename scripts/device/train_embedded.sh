@@ -17,7 +17,7 @@ source scripts/device/setup.sh || exit 1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 MEM=$(python3 -c "import torch; print(torch.cuda.get_device_properties(0).total_memory >> 30 if torch.cuda.is_available() else 0)")
 BATCH_TOKENS=${BATCH_TOKENS:-$([ "$MEM" -ge 100 ] && echo 32768 || echo 16384)}
-W=.devcarry/work; mkdir -p $W
+W=${WORK:-/tmp/coral-work}; mkdir -p $W  # /tmp survives between calls on a warm machine; ignored repo files do not
 LOG=$W/logs; mkdir -p $LOG
 elapsed() { echo $(( $(date +%s) - T0 )); }
 pack() {  # everything that must come back, re-run at the end and on the way out
