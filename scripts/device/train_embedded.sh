@@ -6,6 +6,8 @@
 #   DEADLINE   seconds from start by which $OUT must be complete (default 540)
 #   GEN_LIMIT  seconds of generation before the store is closed with the prompts done (default 210)
 #   EPOCHS, LR, BATCH_TOKENS, SEED: training settings shared by all three methods
+#   CAL_S, MIN_SEQ: calibration seconds; the fewest sequences to train on (see below)
+# Re-running on the same warm machine continues (every step takes --resume).
 #   DEV (cuda), GEN_ARGS (extra gen-data options): for a dry run of this script on a CPU
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,7 +26,7 @@ pack() {  # everything that must come back, re-run at the end and on the way out
   for m in eagle2 hass coral; do
     [ -f $W/$m/config.json ] && tar cf "$OUT/$m.tar" -C $W $m/config.json $m/model.safetensors $m/train-log.jsonl
   done
-  [ -f $W/ids/manifest.json ] && tar cJf "$OUT/store-ids.tar.xz" -C $W ids
+  [ "${FROM_IDS:-1}" != 1 ] && [ -f $W/ids/manifest.json ] && tar cJf "$OUT/store-ids.tar.xz" -C $W ids
   cp $W/store/manifest.json $LOG/store-manifest.json 2>/dev/null
   tar czf "$OUT/logs.tar.gz" -C $W logs
 }
@@ -36,29 +38,46 @@ if [ "${FROM_IDS:-1}" = 1 ] && [ -f training-data/smollm2-135m/ids.tar.xz ]; the
   echo "== features from the committed ids ($(elapsed) s)"
   tar xJf training-data/smollm2-135m/ids.tar.xz -C $W
   $CB gen-data --from-ids $W/ids --out $W/store --batch-size 512 --max-batch-tokens 262144 \
-    --shard-tokens 1048576 --dtype bfloat16 --device $DEV > $LOG/gen-data.log 2>&1
+    --shard-tokens 1048576 --dtype bfloat16 --device $DEV --resume > $LOG/gen-data.log 2>&1
   rc=$?; tail -14 $LOG/gen-data.log; [ $rc -eq 0 ] || exit $rc
 else
   echo "== gen-data ($(elapsed) s)"
   $CB gen-data --out $W/store --sources .devcarry/sharegpt-first-turns.json,gsm8k --max-new-tokens 256 \
     --batch-size 1024 --max-batch-tokens 262144 --shard-tokens 1048576 --dtype bfloat16 --device $DEV \
-    --time-limit "$GEN_LIMIT" $GEN_ARGS > $LOG/gen-data.log 2>&1
+    --time-limit "$GEN_LIMIT" --resume $GEN_ARGS > $LOG/gen-data.log 2>&1
   rc=$?; tail -20 $LOG/gen-data.log; [ $rc -eq 0 ] || exit $rc
   $CB gen-data --from-ids $W/store --ids-only --out $W/ids --device cpu > $LOG/ids-export.log 2>&1
 fi
 
 # One method at a time with the whole GPU: three processes × 16 threads on 16 cores (and 3 × ~45 GB
 # of GPU memory) made every step take 2–20 s and one process run out of memory (first H200 try).
-# Time shares follow the unroll steps: eagle2 1, hass 3, coral 3 (of 7).
-DECODE_S=${DECODE_S:-120}  # kept for a decoder check with the new drafters (0: none)
+DECODE_S=${DECODE_S:-90}  # kept for a decoder check with the new drafters (0: none)
+COMMON=(--epochs "$EPOCHS" --lr "$LR" --batch-tokens "$BATCH_TOKENS" --seed "$SEED" --dtype bf16 --device $DEV --threads 8)
+# Calibrate: CAL_S seconds of coral → the largest store prefix (at least MIN_SEQ sequences, ≈ 2.1M
+# response tokens) on which all three methods finish EPOCHS epochs (eagle2 counted as half a coral).
+CAL_S=${CAL_S:-15}; MIN_SEQ=${MIN_SEQ:-11200}
+echo "== calibration: ${CAL_S} s of coral ($(elapsed) s)"
+$CB train --method coral --data $W/store --out $W/cal-coral "${COMMON[@]}" --checkpoint-every 0 --resume \
+  --time-limit "$CAL_S" > $LOG/cal-coral.log 2>&1 || { tail $LOG/cal-coral.log; exit 1; }
+LEFT=$(( DEADLINE - $(elapsed) - 60 - DECODE_S ))
+N=$(python3 scripts/device/fit_subset.py $W/store $(( LEFT * 8 / 10 )) "$EPOCHS" $W/cal-coral:2.5 --min-sequences "$MIN_SEQ")
+TOTAL=$(python3 -c "import json; print(json.load(open('$W/store/manifest.json'))['counts']['sequences'])")
+DATA=$W/store
+if [ "$N" -lt "$TOTAL" ]; then
+  echo "== training on the first $N of $TOTAL sequences ($(elapsed) s)"
+  $CB gen-data --from-ids $W/ids --max-prompts "$N" --out $W/train-store --batch-size 512 --max-batch-tokens 262144 \
+    --shard-tokens 1048576 --dtype bfloat16 --device $DEV --resume > $LOG/train-store.log 2>&1 || exit 1
+  DATA=$W/train-store
+fi
+echo "$N of $TOTAL sequences" >> $LOG/machine.txt
+# Time limits as a safety net; shares follow the cost: eagle2 1, hass 2, coral 2 (of 5).
 LEFT=$(( DEADLINE - $(elapsed) - 60 - DECODE_S ))
 for m in eagle2 hass coral; do
-  share=$([ $m = eagle2 ] && echo 1 || echo 3)
-  TL=$(( LEFT * share / 7 ))
+  share=$([ $m = eagle2 ] && echo 1 || echo 2)
+  TL=$(( LEFT * share / 5 ))
   echo "== train $m, at most ${TL} s ($(elapsed) s)"
-  $CB train --method $m --data $W/store --out $W/$m --epochs "$EPOCHS" --lr "$LR" --batch-tokens "$BATCH_TOKENS" \
-    --seed "$SEED" --dtype bf16 --device $DEV --threads 8 --checkpoint-every 100 --time-limit "$TL" \
-    > $LOG/train-$m.log 2>&1
+  $CB train --method $m --data $DATA --out $W/$m "${COMMON[@]}" --checkpoint-every 100 --resume \
+    --time-limit "$TL" > $LOG/train-$m.log 2>&1
   tail -3 $LOG/train-$m.log
 done
 if [ "$DECODE_S" -gt 0 ] && [ -f $W/coral/config.json ]; then
