@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo test benchmark clean
+.PHONY: install demo test benchmark reports clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(STAMP)
 ## Timing benchmarks (not part of make test).
 benchmark: $(STAMP)
 	$(BIN)/python -m pytest -q -m benchmark
+
+## Re-render every committed report from its committed runs (reports/reports.toml; seconds, no model).
+reports: $(STAMP)
+	$(BIN)/python -m coral_bench report --manifest reports/reports.toml
 
 clean:
 	rm -rf $(VENV) *.egg-info

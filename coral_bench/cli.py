@@ -203,16 +203,22 @@ def targets() -> None:
 
 
 @main.command()
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("run_dirs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Directory for report.md, report.html and report-figures/ (default: the first run directory).")
-def report(run_dirs, out):
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path),
+              help="Instead of RUN_DIRS: re-render every [[report]] of this TOML manifest (reports/reports.toml).")
+def report(run_dirs, out, manifest):
     """Write report.md and a self-contained report.html from run directories (results files only)."""
-    from .report import write_report
+    from .report import render_manifest, write_report
 
-    files = write_report(list(run_dirs), out)
-    click.echo(f"report: {files.markdown}")
-    click.echo(f"report: {files.html}")
+    if manifest is not None and (run_dirs or out is not None):
+        _fail("give either RUN_DIRS [--out DIR] or --manifest FILE, not both")
+    if manifest is None and not run_dirs:
+        _fail("give at least one run directory (or --manifest FILE)")
+    for files in render_manifest(manifest) if manifest is not None else (write_report(list(run_dirs), out),):
+        click.echo(f"report: {files.markdown}")
+        click.echo(f"report: {files.html}")
 
 
 @main.command("gen-data")
