@@ -221,6 +221,33 @@ def report(run_dirs, out, manifest):
         click.echo(f"report: {files.html}")
 
 
+@main.command("check-stale")
+@click.argument("run_dirs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also check every run directory this report manifest names (reports/reports.toml).")
+@click.option("--repo", type=click.Path(file_okay=False, path_type=Path),
+              help="The git checkout to compare with (default: the one this coral-bench runs from).")
+def check_stale(run_dirs, manifest, repo):
+    """Did decoder or drafter code change since these runs were made? Exit 1 when any run is stale or
+    cannot be checked (one line each), 0 when all are current."""
+    from .report import manifest_runs
+    from .staleness import check_runs
+
+    runs = list(run_dirs) + [r for r in (manifest_runs(manifest) if manifest is not None else ()) if r not in run_dirs]
+    if not runs:
+        _fail("give at least one run directory (or --manifest FILE)")
+    verdicts = check_runs(runs, repo if repo is not None else Path(__file__).resolve().parent)
+    for verdict in verdicts:
+        click.echo(verdict.line)
+    if all(v.ok for v in verdicts):
+        click.echo(f"check-stale: all {len(verdicts)} run(s) current: no decoder or drafter change since they were made")
+        return
+    bad = sum(not v.ok for v in verdicts)
+    click.echo(f"check-stale: {bad} of {len(verdicts)} run(s) stale or unverifiable: redo them before trusting "
+               "the report as current")
+    sys.exit(1)
+
+
 @main.command("gen-data")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Store directory.")
 @click.option("--target", default="smollm2-135m", show_default=True, help="Registry name, local model directory or cached HF id.")
