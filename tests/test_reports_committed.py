@@ -77,6 +77,17 @@ def test_committed_report_numbers_are_the_runs_numbers():
             assert results["provenance"]["date"] in md and results["provenance"]["git_hash"] in md
 
 
+def test_readme_quotes_the_committed_report_verbatim():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Reports\n", 1)[1].split("\n## ", 1)[0]
+    assert "reports/preview-cpu/report.html" in section
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    assert len(rows) >= 4, "the README's Reports section has no table"
+    md = (REPORTS / "preview-cpu" / "report.md").read_text(encoding="utf-8")
+    for row in rows:
+        assert row in md, f"README row not in reports/preview-cpu/report.md: {row}"
+
+
 # ---------------------------------------------------------------------------------------------
 # bad manifests: one line naming the file
 
