@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo test benchmark clean
+.PHONY: install demo test benchmark reports check-reports clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,18 @@ test: $(STAMP)
 ## Timing benchmarks (not part of make test).
 benchmark: $(STAMP)
 	$(BIN)/python -m pytest -q -m benchmark
+
+## Re-render every committed report from its committed runs (reports/reports.toml; seconds, no model),
+## then print whether decoder or drafter code changed since those runs were made. The verdict never
+## fails the render; make check-reports does fail on it.
+reports: $(STAMP)
+	$(BIN)/python -m coral_bench report --manifest reports/reports.toml
+	@$(BIN)/python -m coral_bench check-stale --manifest reports/reports.toml || \
+	    echo "make reports: rendered; the runs above need redoing before the report counts as current"
+
+## Exit non-zero when the committed runs are stale or cannot be checked (see make reports).
+check-reports: $(STAMP)
+	$(BIN)/python -m coral_bench check-stale --manifest reports/reports.toml
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -116,7 +116,8 @@ def to_html(report: Report) -> str:
 
 def write_report(run_dirs: Sequence[Path], out: Path | None = None) -> ReportFiles:
     """Load ``run_dirs`` and write report.md, report.html and report-figures/*.svg into ``out``
-    (default: the first run directory). Raises :class:`ReportError` for unusable input."""
+    (default: the first run directory); SVGs in report-figures/ that this report does not draw are
+    removed, so a re-render leaves exactly its own files. Raises :class:`ReportError` for unusable input."""
     runs = load_runs([Path(p) for p in run_dirs])
     report = build_report(runs)
     out = Path(out) if out is not None else runs[0].path
@@ -127,6 +128,9 @@ def write_report(run_dirs: Sequence[Path], out: Path | None = None) -> ReportFil
         path = figures_dir / f"{figure.name}.svg"
         path.write_text(figure.svg, encoding="utf-8")
         written.append(path)
+    for old in sorted(figures_dir.glob("*.svg")):  # a figure an earlier render wrote and this one does not
+        if old not in written:
+            old.unlink()
     (out / MARKDOWN).write_text(to_markdown(report), encoding="utf-8")
     (out / HTML).write_text(to_html(report), encoding="utf-8")
     return ReportFiles(out / MARKDOWN, out / HTML, tuple(written))

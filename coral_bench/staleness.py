@@ -1,0 +1,140 @@
+"""Are recorded runs still current? The git hash in each run's results.json against the checkout.
+
+A run measures the decoder and drafter code it was made with. When any file in :data:`WATCHED`
+differs between the recorded commit and the checkout (the working tree, uncommitted edits
+included), the run is ``stale``: its timings and acceptance may not hold any more, so it needs
+redoing. Otherwise it is ``current``. A run is ``unknown`` when that cannot be decided: no git, no
+git checkout, no hash recorded, a commit this repository lacks, or a ``-dirty`` hash (the run came
+from uncommitted changes on top of that commit, and what they were is not recorded).
+
+Reads results.json and runs ``git``; never imports torch. Resumed runs are checked for the hash of
+every session (``provenance.sessions``), and the worst verdict wins.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from . import results as rd
+
+# Decoder and drafter code, relative to the checkout root (a folder ends with "/"); assets/ holds
+# shipped drafter weights once there are any. A pathspec that matches nothing is fine for git.
+WATCHED = ("coral_bench/decode.py", "coral_bench/target.py", "coral_bench/verify.py", "coral_bench/tree.py",
+           "coral_bench/sampling.py", "coral_bench/drafters/", "coral_bench/assets/")
+DIRTY = "-dirty"
+CURRENT, STALE, UNKNOWN = "current", "stale", "unknown"
+_WORST = (CURRENT, UNKNOWN, STALE)  # a run's verdict is the worst over its sessions' hashes
+SHOWN = 3  # files and commits named in one line
+
+
+class StaleCheckError(ValueError):
+    """A run directory the check cannot read: one line that says what is wrong and where."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    run: Path
+    state: str  # CURRENT, STALE or UNKNOWN
+    reason: str  # one line, without the run's name
+
+    @property
+    def ok(self) -> bool:
+        return self.state == CURRENT
+
+    @property
+    def line(self) -> str:
+        return f"{self.state}: {self.run.name}: {self.reason}"
+
+
+def recorded_hashes(run: Path) -> tuple[str | None, ...]:
+    """The git hashes a run was made with: the provenance's, then each session's, once each."""
+    file = Path(run) / rd.RESULTS
+    if not Path(run).exists():
+        raise StaleCheckError(f"{run} does not exist")
+    if not Path(run).is_dir():
+        raise StaleCheckError(f"{run} is not a directory (give a coral-bench run directory)")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StaleCheckError(f"{run} is not a finished coral-bench run (no {rd.RESULTS})") from None
+    except (OSError, ValueError) as exc:
+        raise StaleCheckError(f"{file} cannot be read as JSON ({exc})") from None
+    provenance = data.get("provenance") if isinstance(data, dict) else None
+    if not isinstance(provenance, dict):
+        raise StaleCheckError(f"{file} has no provenance section: not a coral-bench results file")
+    sessions = provenance.get("sessions")
+    found = [provenance.get("git_hash")]
+    found += [s.get("git_hash") for s in sessions if isinstance(s, dict)] if isinstance(sessions, list) else []
+    hashes = tuple(dict.fromkeys(h.strip() for h in found if isinstance(h, str) and h.strip()))
+    return hashes or (None,)
+
+
+def check_runs(runs: Sequence[Path], repo: Path, watched: Sequence[str] = WATCHED) -> tuple[Verdict, ...]:
+    """One verdict per run directory, against the git checkout that holds ``repo``."""
+    hashes = [(Path(run), recorded_hashes(run)) for run in runs]  # bad input fails before any git call
+    problem = _checkout_problem(repo)
+    if problem is not None:
+        return tuple(Verdict(run, UNKNOWN, problem) for run, _ in hashes)
+    root = Path(_git_lines(repo, "rev-parse", "--show-toplevel")[0])
+    return tuple(max((_check_hash(run, h, root, tuple(watched)) for h in run_hashes),
+                     key=lambda v: _WORST.index(v.state)) for run, run_hashes in hashes)
+
+
+def _check_hash(run: Path, recorded: str | None, root: Path, watched: tuple[str, ...]) -> Verdict:
+    if recorded is None:
+        return Verdict(run, UNKNOWN, "no git hash recorded (made outside a git checkout): cannot tell what "
+                                     "code it measured")
+    dirty = recorded.endswith(DIRTY)
+    base = recorded[: -len(DIRTY)] if dirty else recorded
+    short = base[:7]
+    if _git(root, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}").returncode != 0:
+        return Verdict(run, UNKNOWN, f"its commit {base} is not in this repository (another clone, or history "
+                                     "not fetched): cannot tell")
+    made = f"made at {short}" + (" with uncommitted changes" if dirty else "")
+    changed = _git_lines(root, "diff", "--name-only", base, "--", *watched)
+    if changed:
+        commits = _git_lines(root, "log", "--format=%h", f"{base}..HEAD", "--", *watched)
+        uncommitted = _git_lines(root, "diff", "--name-only", "HEAD", "--", *watched)
+        how = [f"{len(commits)} commit(s) ({_some(commits)})"] if commits else []
+        how += ["uncommitted edits"] if uncommitted else []
+        how = how or [f"commits of {short} that this branch lacks"]
+        return Verdict(run, STALE, f"{made}; since then {len(changed)} decoder or drafter file(s) differ "
+                                   f"({_some(changed)}) through {' and '.join(how)}: redo the run")
+    if dirty:
+        return Verdict(run, UNKNOWN, f"{made}: no decoder or drafter file differs from {short} now, but the "
+                                     "uncommitted changes it ran with are not recorded; redo it from a clean "
+                                     "checkout to be sure")
+    return Verdict(run, CURRENT, f"{made}; no decoder or drafter code changed since")
+
+
+def _checkout_problem(repo: Path) -> str | None:
+    try:
+        inside = _git(repo, "rev-parse", "--is-inside-work-tree")
+    except FileNotFoundError:
+        return "git is not installed: cannot compare the recorded hash with the checkout"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"git does not run ({exc}): cannot compare the recorded hash with the checkout"
+    if inside.returncode != 0 or inside.stdout.strip() != "true":
+        return f"{repo} is not in a git checkout: cannot compare the recorded hash with it"
+    return None
+
+
+def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=60)
+
+
+def _git_lines(cwd: Path, *args: str) -> list[str]:
+    """The output lines of a git command that must succeed (its inputs were checked before)."""
+    done = _git(cwd, *args)
+    if done.returncode != 0:
+        message = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
+        raise StaleCheckError(f"git {' '.join(args[:3])} … failed in {cwd}: {message}")
+    return [line for line in done.stdout.splitlines() if line.strip()]
+
+
+def _some(items: list[str]) -> str:
+    return ", ".join(items[:SHOWN]) + (f", … {len(items) - SHOWN} more" if len(items) > SHOWN else "")
