@@ -256,3 +256,24 @@ def test_unsupported_configs(tmp_path, emb):
     cfg = reference_config(rope_scaling={"type": "dynamic", "factor": 2.0})
     with pytest.raises(CheckpointError, match="dynamic"):
         load_checkpoint(write_reference(tmp_path / "b", cfg, reference_state(reference_config(), None)), emb)
+
+
+def test_a_name_alone_uses_the_shipped_drafter_or_fails_clearly(tmp_path, target64, emb, monkeypatch):
+    from coral_bench.drafters.registry import build_drafter
+    from coral_bench.drafters.shipped import ASSETS_ENV
+
+    monkeypatch.setenv(ASSETS_ENV, str(tmp_path / "assets"))
+    shape = TreeShape.parse("chain:2")
+    with pytest.raises(DrafterError, match=r"coral needs a checkpoint .*no coral drafter is shipped for target tiny64"):
+        build_drafter(target64, DrafterSettings("coral", shape))
+    cfg = reference_config(bias=False)
+    state = reference_state(cfg, emb)
+    folder = write_reference(tmp_path / "assets" / "tiny64" / "hass", cfg, state, "safetensors")
+    drafter = build_drafter(target64, DrafterSettings("hass", shape))
+    assert drafter.info.checkpoint == str(folder)
+    for k, v in drafter.model.state_dict().items():
+        assert torch.equal(v, state[k].double())
+    with pytest.raises(DrafterError, match=r"shipped: hass"):
+        build_drafter(target64, DrafterSettings("eagle2", shape))
+    random = build_drafter(target64, DrafterSettings("coral", shape, checkpoint="random"))  # explicit: allowed
+    assert random.info.checkpoint in (None, "random")

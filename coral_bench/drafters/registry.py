@@ -15,6 +15,7 @@ from .eagle import build_eagle, build_routed
 from .early_exit import build_early_exit
 from .oracle import build_noisy_oracle, build_oracle
 from .prompt_lookup import build_prompt_lookup
+from .shipped import with_shipped_checkpoint
 from .vanilla import build_vanilla
 
 CPU_TREE = TreeShape(kind="dynamic", top_k=4, depth=3, total_tokens=16)
@@ -59,4 +60,6 @@ def build_drafter(target: Target, settings: DrafterSettings) -> Drafter:
     entry = DRAFTERS.get(settings.name)
     if entry is None:
         raise DrafterError(f"unknown drafter {settings.name!r}: choose from {', '.join(DRAFTERS)}")
+    if entry.needs_checkpoint:
+        settings = with_shipped_checkpoint(target.name, settings)
     return entry.factory(target, settings)
