@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The CPU path to the embedded default's drafters, resumable across sittings: run it in the
+# background (nothing else timed meanwhile); it continues the first method not finished yet.
+#   1. features (once, ~600 tokens/s on 2 cores):
+#        coral-bench gen-data --from-ids IDS --max-prompts 11200 --out $DATA --threads 2 --resume
+#      (IDS: training-data/smollm2-135m/ids.tar.xz unpacked)
+#   2. bash scripts/train_cpu.sh        # again after an interruption: it resumes
+# The three methods share data, epochs, lr, batch, seed and --loss-vocab (recorded in each drafter).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-$HOME/.cache/coral-bench/data/smollm2-feat-2m}
+OUT=${OUT:-$HOME/.cache/coral-bench/drafters/smollm2-135m}
+EPOCHS=${EPOCHS:-3}; LR=${LR:-1e-3}; BATCH_TOKENS=${BATCH_TOKENS:-8192}; LOSS_VOCAB=${LOSS_VOCAB:-8192}
+CB=${CB:-.venv/bin/coral-bench}
+mkdir -p "$OUT"
+complete() {  # a finished drafter: config.json whose budget says complete
+  python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['coral_bench']; sys.exit(0 if m['budget'].get('complete', True) else 1)" \
+    "$1/config.json" 2>/dev/null
+}
+for m in ${METHODS:-eagle2 hass coral}; do
+  if complete "$OUT/$m"; then echo "$m: done"; continue; fi
+  echo "$m: training ($(date -u +%H:%M))"
+  $CB train --method "$m" --data "$DATA" --out "$OUT/$m" --epochs "$EPOCHS" --lr "$LR" --batch-tokens "$BATCH_TOKENS" \
+    --loss-vocab "$LOSS_VOCAB" --threads 2 --checkpoint-every 25 --resume || exit $?
+done
