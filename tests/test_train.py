@@ -302,6 +302,23 @@ def test_time_limit_stops_cleanly_and_resume_finishes(store_dir, target64, tmp_p
         assert torch.equal(a["model"][key], b["model"][key]), key
 
 
+def test_prefetching_the_next_batch_changes_nothing(store_dir, target64, tmp_path):
+    settings = settings_for("coral", **SMALL)
+    plain = train(store_dir, tmp_path / "plain", settings, target64, prefetch=False)
+    ahead = train(store_dir, tmp_path / "ahead", settings, target64, prefetch=True)
+    assert ahead.optimizer_steps == plain.optimizer_steps >= 5
+    a, b = final_state(tmp_path / "plain"), final_state(tmp_path / "ahead")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [r["loss"] for r in log_steps(tmp_path / "plain")] == [r["loss"] for r in log_steps(tmp_path / "ahead")]
+    cut = train(store_dir, tmp_path / "cut", settings, target64, prefetch=True, time_limit_s=0.0)  # a batch in flight
+    assert cut.optimizer_steps == 1
+    train(store_dir, tmp_path / "cut", settings, target64, prefetch=True, resume=True)
+    c = final_state(tmp_path / "cut")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], c["model"][key]), key
+
+
 def test_most_frequent_breaks_ties_by_id_and_returns_ascending_ids():
     from coral_bench.train.loop import most_frequent
 

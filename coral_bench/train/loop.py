@@ -24,6 +24,7 @@ index), so an interrupted and resumed run equals an uninterrupted one, and a 2-p
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
 import hashlib
 import json
 import math
@@ -533,6 +534,7 @@ def train(
     target_name: str | None = None,
     command: str | None = None,
     time_limit_s: float | None = None,
+    prefetch: bool | None = None,
 ) -> TrainResult:
     """Train a drafter for ``target`` on a feature store and write it to ``out`` (see the module doc).
 
@@ -540,6 +542,8 @@ def train(
     calls this with the same arguments; process 0 writes the files. ``time_limit_s`` stops cleanly
     after that much wall time in this call: the state and the drafter so far are saved (the
     drafter's ``budget.complete`` is false) and ``resume=True`` continues where it stopped.
+    ``prefetch`` (default: on an accelerator) prepares the next batch (collate + feature noise, CPU
+    work) in a thread while the current step runs; batches and results are the same either way.
     """
     from accelerate import Accelerator
 
@@ -614,6 +618,8 @@ def train(
     started = time.perf_counter()
     stopped_early = False
     reporter.start(total_steps, position.optimizer_steps, f"{settings.method} · {out.name}")
+    prefetch = target.device.type != "cpu" if prefetch is None else prefetch
+    batches = _Batches(data, settings, master, rank, processes, ThreadPoolExecutor(1) if prefetch else None)
     try:
         epoch, b = position.epoch, position.batch
         while epoch < settings.epochs:
@@ -621,10 +627,7 @@ def train(
             while b < len(plan):
                 t0 = time.perf_counter()
                 global_batch = plan[b]
-                batch = collate(data.store, shard(global_batch, data.lengths, rank, processes), master)
-                noisy = batch.features + feature_noise(batch, settings.feature_noise, settings.seed,
-                                                       position.optimizer_steps)
-                batch = replace(batch, features=noisy)
+                batch = batches.get(epoch, b, position.optimizer_steps)
                 combined, _ = batch_loss(module, batch, frozen, settings, world)
                 # DDP averages gradients over processes; the shares sum to the global loss.
                 acc.backward(combined.local * processes)
@@ -662,6 +665,7 @@ def train(
             epoch, b = position.epoch, position.batch
         save()
     finally:
+        batches.close()
         reporter.close()
 
     if last_eval is None and is_main and state_path.exists() and position.optimizer_steps:
@@ -709,6 +713,41 @@ def train(
     acc.wait_for_everyone()
     return TrainResult(out=out, optimizer_steps=position.optimizer_steps, tokens=position.tokens,
                        wall_time_s=position.wall_time_s, eval=last_eval, metadata=metadata)
+
+
+class _Batches:
+    """Each process's shard of the global batch at (epoch, index), with its feature noise; with a
+    thread pool, the next one is prepared while the caller trains on this one."""
+
+    def __init__(self, data: TrainingData, settings: TrainSettings, dtype: torch.dtype, rank: int, processes: int,
+                 pool: ThreadPoolExecutor | None):
+        self.data, self.settings, self.dtype, self.rank, self.processes = data, settings, dtype, rank, processes
+        self.pool = pool
+        self.pending: tuple[tuple[int, int, int], Future] | None = None
+
+    def make(self, epoch: int, b: int, step: int) -> TrainBatch:
+        batch = collate(self.data.store, shard(self.data.plans[epoch][b], self.data.lengths, self.rank, self.processes),
+                        self.dtype)
+        noise = feature_noise(batch, self.settings.feature_noise, self.settings.seed, step)
+        return replace(batch, features=batch.features + noise)
+
+    def get(self, epoch: int, b: int, step: int) -> TrainBatch:
+        """The batch the optimizer step ``step`` trains on (``step`` seeds its noise)."""
+        ready = None
+        if self.pending is not None:
+            key, future = self.pending
+            self.pending = None
+            ready = future.result() if key == (epoch, b, step) else None
+        batch = ready if ready is not None else self.make(epoch, b, step)
+        if self.pool is not None:
+            nxt = (epoch, b + 1) if b + 1 < len(self.data.plans[epoch]) else (epoch + 1, 0)
+            if nxt[0] < len(self.data.plans):
+                self.pending = ((*nxt, step + 1), self.pool.submit(self.make, *nxt, step + 1))
+        return batch
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _out_of_time(acc, started: float, limit_s: float) -> bool:
