@@ -604,13 +604,16 @@ def profile_command(target, drafters, run_dir, shapes, random_weights, with_targ
 
 
 def _what_if(text: str):
+    """``tree=SHAPE`` → a TreeShape; ``drafter=SPEC`` → a DrafterSpec (a drafter the run did not time)."""
+    from .methods import DrafterSpec, MethodError
     from .tree import TreeError, TreeShape
 
-    if not text.startswith("tree="):
-        raise click.BadParameter(f"{text!r}: use tree=SHAPE", param_hint="--what-if")
+    kind, eq, value = text.partition("=")
+    if kind not in ("tree", "drafter") or not eq or not value:
+        raise click.BadParameter(f"{text!r}: use tree=SHAPE or drafter=[LABEL=]NAME[:CKPT][@…]", param_hint="--what-if")
     try:
-        return TreeShape.parse(text.removeprefix("tree="))
-    except TreeError as exc:
+        return TreeShape.parse(value) if kind == "tree" else DrafterSpec.parse(value)
+    except (TreeError, MethodError) as exc:
         raise click.BadParameter(str(exc), param_hint="--what-if") from None
 
 
@@ -640,16 +643,22 @@ def _print_estimate(e) -> None:
 
 @main.command("estimate-speedup")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--what-if", "what_ifs", multiple=True, metavar="tree=SHAPE",
-              help="Also predict another tree, τ from replay (repeatable).")
+@click.option("--what-if", "what_ifs", multiple=True, metavar="tree=SHAPE|drafter=SPEC",
+              help="Also predict another tree for the run's drafters, or a drafter the run did not time "
+                   "(e.g. drafter=k1=coral-router:CKPT@router_k=1); τ from replay (repeatable).")
 @click.option("--drafter", "labels", multiple=True, help="Only these drafter labels (default: all).")
 def estimate_speedup(run_dir, what_ifs, labels):
     """Predicted vs measured speedup per drafter, explained stage by stage (METHODS.md §7)."""
     from .replay import estimate_run
 
     _quiet_transformers()
-    trees = [_what_if(w) for w in what_ifs]
-    estimates = estimate_run(run_dir, trees, labels, note=lambda text: err.print(f"[dim]{text}[/dim]"))
+    from .tree import TreeShape
+
+    asked = [_what_if(w) for w in what_ifs]
+    trees = [w for w in asked if isinstance(w, TreeShape)]
+    specs = [w for w in asked if not isinstance(w, TreeShape)]
+    estimates = estimate_run(run_dir, trees, labels, note=lambda text: err.print(f"[dim]{text}[/dim]"),
+                             drafters=specs)
     if not estimates:
         _fail(f"no drafter of {run_dir} could be estimated")
     for e in estimates:

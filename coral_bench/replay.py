@@ -343,13 +343,22 @@ def _config(run_dir: Path) -> dict:
 
 
 def estimate_run(run_dir: Path, trees: Sequence[TreeShape] = (), labels: Sequence[str] = (),
-                 note: Callable[[str], None] = lambda _: None) -> list[Any]:
-    """Estimates for every drafter of the run (or ``labels``), plus one per what-if ``tree``; runs the
-    profile pass first when the run has no ``profile.json``; writes the predictions into results.json."""
+                 note: Callable[[str], None] = lambda _: None, drafters: Sequence[Any] = ()) -> list[Any]:
+    """Estimates for every drafter of the run (or ``labels``), plus one per what-if ``tree`` and one per
+    what-if drafter (``drafters``: ``DrafterSpec``s the run did not time, e.g. other router settings;
+    τ from replay); runs the profile pass first when the run has no ``profile.json``; writes the
+    predictions into results.json."""
     from . import profile as pf
     from .speedup import estimate_method, write_predictions
 
     config = _config(run_dir)
+    timed = json.loads((run_dir / rd.RESULTS).read_text()).get("drafters", {})
+    for spec in drafters:  # before any work
+        if spec.name not in DRAFTERS:
+            raise ReplayError(f"unknown drafter {spec.name!r}: choose from {', '.join(DRAFTERS)}")
+        if spec.label in timed:
+            raise ReplayError(f"what-if drafter label {spec.label!r} is already a drafter of the run: give it "
+                              "another LABEL= (LABEL=NAME:CKPT@…)")
     loaded = None
     body = pf.read_profile(run_dir)
     if body is None:
@@ -379,5 +388,12 @@ def estimate_run(run_dir: Path, trees: Sequence[TreeShape] = (), labels: Sequenc
             loaded = loaded or load_target(config["target"], config["dtype"], config["device"])
             estimates.append(what_if(run_dir, label, specs[label]["name"], specs[label].get("checkpoint"), tree,
                                      body, loaded)[0])
-    rd.write_json(run_dir / rd.RESULTS, write_predictions(results, estimates))
+    for spec in drafters:
+        if not pf.is_modelled(spec.name):
+            note(f"{spec.label}: no what-if for {spec.name} (the profile pass does not model it)")
+            continue
+        tree = resolve_tree(config, spec.label, spec.name, spec.tree)
+        loaded = loaded or load_target(config["target"], config["dtype"], config["device"])
+        estimates.append(what_if(run_dir, spec.label, spec.name, spec.checkpoint, tree, body, loaded)[0])
+    rd.write_json(run_dir / rd.RESULTS, write_predictions(results, estimates, drafters))
     return estimates

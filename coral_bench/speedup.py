@@ -500,12 +500,18 @@ def predict_against_vanilla(spec: Sequence[SampleShape], samples: Sequence[Sampl
     return predict(spec, vanilla, TargetCosts.from_json(profile), costs, van_costs)
 
 
-def write_predictions(results: dict, estimates: Sequence[Estimate]) -> dict:
+def write_predictions(results: dict, estimates: Sequence[Estimate], specs: Sequence[Any] = ()) -> dict:
     """``drafters.<label>.speedup_predicted`` / ``speedup_decode_predicted`` / ``speedup_model`` for the run's
-    settings, ``drafters.<label>.what_if`` (one entry per tree) for replayed ones."""
+    settings, ``drafters.<label>.what_if`` (one entry per tree) for replayed ones, and
+    ``what_if_drafters.<label>`` (with its spec) for what-if drafters the run did not time."""
+    given = {spec.label: spec for spec in specs}
     for e in estimates:
         entry = results.get("drafters", {}).get(e.label)
         if entry is None:
+            spec = given.get(e.label)
+            if spec is not None and e.what_if:
+                results.setdefault("what_if_drafters", {})[e.label] = {
+                    "name": spec.name, "checkpoint": spec.checkpoint, **e.to_json()}
             continue
         if e.what_if:
             kept = [w for w in entry.get("what_if", []) if w.get("tree") != e.tree]

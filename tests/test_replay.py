@@ -201,3 +201,22 @@ def test_cli_estimate_runs_the_profile_pass_when_missing(tiny_run, tmp_path):
 def test_cli_bad_input_is_one_line(tiny_run):
     assert _invoke("replay", str(tiny_run), "--drafter", "nope").exit_code == 2
     assert _invoke("estimate-speedup", str(tiny_run), "--what-if", "chain:2").exit_code == 2
+
+
+def test_cli_what_if_a_drafter_the_run_did_not_time(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    result = _invoke("estimate-speedup", str(run), "--drafter", "prompt-lookup",
+                     "--what-if", "drafter=pl2=prompt-lookup@tree=chain:2")
+    assert result.exit_code == 0, result.output
+    entry = json.loads((run / "results.json").read_text())["what_if_drafters"]["pl2"]
+    assert entry["name"] == "prompt-lookup" and entry["tree"] == "chain:2" and entry["tau_source"] == "replay"
+    assert entry["speedup_predicted"] > 0 and entry["speedup_decode_predicted"] > 0
+    assert _invoke("replay", str(run), "--drafter", "pl2=prompt-lookup@tree=chain:2").exit_code == 0
+    replayed = json.loads((run / "replays.json").read_text())["pl2@tree=chain:2"]
+    assert entry["tau"] == pytest.approx(replayed["tau_pooled"])
+    clash = CliRunner().invoke(main, ["estimate-speedup", str(run), "--what-if", "drafter=prompt-lookup@tree=chain:2"])
+    assert clash.exit_code == 2 and "already a drafter of the run" in clash.output
+    assert _invoke("estimate-speedup", str(run), "--what-if", "drafter=nope").exit_code == 2
