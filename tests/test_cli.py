@@ -90,3 +90,12 @@ def test_listing_commands():
     for command, expected in (("suites", "mtbench-dev"), ("drafters", "prompt-lookup"), ("targets", "smollm2-135m")):
         result = _invoke(command)
         assert result.exit_code == 0 and expected in result.output
+
+
+def test_git_hash_env_overrides_the_checkout(monkeypatch):
+    from coral_bench import provenance
+
+    monkeypatch.delenv(provenance.GIT_HASH_ENV, raising=False)
+    own = provenance.git_hash()
+    monkeypatch.setenv(provenance.GIT_HASH_ENV, "0123abc")
+    assert provenance.git_hash() == "0123abc" != own
