@@ -722,9 +722,12 @@ def replay_command(run_dir, drafter, tree):
 @click.option("--target", help="Target the store was built with. Default: the one its manifest names.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp64"]), default="fp32", show_default=True)
+@click.option("--max-sequences", type=click.IntRange(min=1), metavar="N",
+              help="Train on the first N training sequences only (labels need the full head per slot and depth; "
+                   "the held-out split is unchanged). Default: all.")
 @click.option("--threads", type=int, help="torch threads (recorded). Default: torch's.")
 def train_router_command(drafter, data, router_groups, router_k, partition, out_dir, label, epochs, lr, steps,
-                         batch_tokens, eval_fraction, recall_top_k, score, target, seed, dtype, threads):
+                         batch_tokens, eval_fraction, recall_top_k, score, target, seed, dtype, max_sequences, threads):
     """Train CORAL's LM-head router on a frozen stage-1 drafter (two-stage protocol, METHODS.md §6)."""
     import torch
 
@@ -741,7 +744,8 @@ def train_router_command(drafter, data, router_groups, router_k, partition, out_
         _fail(f"{data}: the store's manifest names no target; pass --target")
     settings = RouterSettings(groups=router_groups, k=router_k, partition=partition, label=label, epochs=epochs,
                               lr=lr, steps=steps, batch_tokens=batch_tokens, eval_fraction=eval_fraction,
-                              recall_top_k=recall_top_k, score=score, seed=seed, dtype=dtype)
+                              recall_top_k=recall_top_k, score=score, seed=seed, dtype=dtype,
+                              max_sequences=max_sequences)
     _quiet_transformers()
     loaded = load_target(target, dtype="float64" if dtype == "fp64" else "float32", device="cpu")
     command = shlex.join(["coral-bench", *sys.argv[1:]])

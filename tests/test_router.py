@@ -397,6 +397,21 @@ def test_train_router_end_to_end(target64, tiny_store, tmp_path, rule, label):
         train_router(stage1, tiny_store, tmp_path / "routed", s, target64)
 
 
+def test_router_training_cap_keeps_the_held_out_split(target64, tiny_store, tmp_path):
+    stage1 = save_checkpoint(tmp_path / "stage1", stage1_model(target64), target64.embedding_weight(),
+                             target64.max_context)
+    base = dict(groups=4, k=2, steps=2, batch_tokens=40, eval_fraction=0.3, dtype="fp64")
+    full = train_router(stage1, tiny_store, tmp_path / "full", RouterSettings(**base), target64)
+    capped = train_router(stage1, tiny_store, tmp_path / "capped", RouterSettings(**base, max_sequences=2), target64)
+    meta = lambda r: r.metadata["router"]["training"]
+    assert meta(full)["data"]["train_sequences"] == 7 and meta(capped)["data"]["train_sequences"] == 2
+    assert 0 < capped.rows < full.rows
+    assert capped.eval.rows == full.eval.rows  # the same held-out sequences
+    assert meta(capped)["settings"]["max_sequences"] == 2
+    with pytest.raises(RouterTrainError, match="max_sequences"):
+        RouterSettings(**base, max_sequences=0)
+
+
 def test_cli_train_router(target64, tiny_store, tmp_path):
     from coral_bench.cli import main
 

@@ -334,6 +334,16 @@ class TrainingData:
     def slots_of(self, batch: tuple[int, ...]) -> int:
         return sum(slot_count(self.lengths[i]) for i in batch)
 
+    def with_train_cap(self, count: int, settings: TrainSettings, processes: int) -> "TrainingData":
+        """The first ``count`` training sequences (store order) replanned; the held-out split unchanged,
+        so a cap never moves a sequence between training and evaluation."""
+        if count < 1:
+            raise TrainError(f"the training cap must be >= 1 sequence, not {count}")
+        train = self.train[:count]
+        plans = tuple(tuple(plan_epoch(train, self.lengths, settings.batch_tokens, processes, settings.seed, e))
+                      for e in range(settings.epochs))
+        return replace(self, train=train, plans=plans)
+
 
 # ---- one batch ----------------------------------------------------------------------------------
 @dataclass(frozen=True)

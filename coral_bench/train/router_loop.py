@@ -68,6 +68,8 @@ class RouterSettings:
     dtype: str = "fp32"  # the frozen drafter and the router: fp32 or fp64
     cluster_iterations: int = CLUSTER_ITERATIONS
     head_chunk: int = 512  # rows per full-head evaluation when building labels (memory: rows × V floats)
+    max_sequences: int | None = None  # train on the first N training sequences only (labels cost 1 + steps
+    # full-head products per slot: the whole store is hours on a CPU, a small router needs far less)
 
     def __post_init__(self) -> None:
         checks = [
@@ -81,6 +83,7 @@ class RouterSettings:
             (self.lr > 0 and self.width >= 1 and self.recall_top_k >= 1, "lr, width and recall_top_k must be > 0"),
             (self.batch_tokens >= 1 and self.head_chunk >= 1, "batch_tokens and head_chunk must be >= 1"),
             (0 <= self.eval_fraction < 1, "eval_fraction must be in [0, 1)"),
+            (self.max_sequences is None or self.max_sequences >= 1, "max_sequences must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -259,7 +262,9 @@ def train_router(
     vocab = target.vocab_size
     if settings.groups > vocab:
         raise RouterTrainError(f"router groups {settings.groups} exceed the vocabulary {vocab}")
-    counts = training_counts(data, vocab)
+    counts = training_counts(data, vocab)  # over the whole training split, before any cap
+    if settings.max_sequences is not None:
+        data = data.with_train_cap(settings.max_sequences, plan_settings, 1)
     grouping = make_grouping(settings.partition, settings.groups, vocab=vocab, head=target.lm_head_weight(),
                              counts=counts, seed=settings.seed, source=f"loss tokens of the training split of {store_path}")
 
