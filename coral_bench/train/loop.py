@@ -559,6 +559,7 @@ def train(
 
     from .. import provenance
 
+    code_hash = provenance.git_hash()  # the code this process imported, not what HEAD is by the end
     acc = Accelerator(cpu=target.device.type == "cpu")
     world = TorchDistributed(acc.num_processes, acc.process_index) if acc.num_processes > 1 else SingleProcess()
     is_main = acc.is_main_process
@@ -713,7 +714,7 @@ def train(
             "coverage": round(coverage, 6), "ids_sha256": hashlib.sha256(vocab.cpu().numpy().tobytes()).hexdigest()},
         "deviations": _deviations(settings),
         "target": target_name or target.name,
-        "git_hash": provenance.git_hash(),
+        "git_hash": code_hash,
         "coral_bench_version": provenance.coral_bench_version(),
         "torch": torch.__version__,
         "command": command,
