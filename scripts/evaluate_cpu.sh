@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# After scripts/train_cpu.sh: ship the three drafters, then time them against vanilla on the three
+# suites (an idle machine: --require-idle), then train CORAL's router on the coral drafter and
+# replay the router settings on the development split. Resumable: finished steps are skipped,
+# an interrupted run continues (--resume). Nothing else may run meanwhile (timings).
+#   DRAFTERS=~/.cache/coral-bench/drafters/smollm2-135m-1ep bash scripts/evaluate_cpu.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DRAFTERS=${DRAFTERS:-$HOME/.cache/coral-bench/drafters/smollm2-135m}
+DATA=${DATA:-$HOME/.cache/coral-bench/data/smollm2-feat-2m}
+RUNS=${RUNS:-reports/runs/drafters-cpu}
+LIMIT=${LIMIT:-16}; TOKENS=${TOKENS:-128}; SUITES=${SUITES:-mtbench-test humaneval gsm8k}
+ROUTER_SEQ=${ROUTER_SEQ:-200}; ROUTERS=${ROUTERS:-frequency:16 cluster:16 contiguous:16}
+CB=${CB:-.venv/bin/coral-bench}; PY=${PY:-.venv/bin/python}
+STEPS=${STEPS:-ship runs routers replays}
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+
+if has ship; then
+  for m in eagle2 hass coral; do
+    $PY scripts/ship_drafter.py "$DRAFTERS/$m" "$m" --replace || exit $?
+  done
+fi
+
+run_once() {  # OUT, then run options: skip a finished run, resume an interrupted one
+  local out=$1; shift
+  [[ -f $out/results.json ]] && { echo "$out: done"; return 0; }
+  local resume=(); [[ -f $out/config.json ]] && resume=(--resume)
+  $CB run "$@" --threads 2 --require-idle --out "$out" "${resume[@]}"
+}
+
+if has runs; then
+  for s in $SUITES; do
+    run_once "$RUNS/$s" --suite "$s" --limit "$LIMIT" --max-new-tokens "$TOKENS" \
+      --drafter eagle2 --drafter hass --drafter coral || exit $?
+  done
+fi
+
+if has routers; then
+  for spec in $ROUTERS; do
+    rule=${spec%%:*}; n=${spec##*:}; out="$DRAFTERS/coral-router-$rule-$n"
+    [[ -f $out/config.json ]] && { echo "$out: done"; continue; }
+    rm -rf "$out"  # not resumable (minutes): a cut one starts again
+    # eval fraction and seed of the stage-1 training: recall is measured on sequences it never saw
+    $CB train-router --drafter "$DRAFTERS/coral" --data "$DATA" --router-groups "$n" --router-k 2 \
+      --partition "$rule" --max-sequences "$ROUTER_SEQ" --eval-fraction 0.02 --threads 2 --out "$out" || exit $?
+  done
+fi
+
+if has replays; then
+  DEV=runs/dev-mtbench-$TOKENS
+  run_once "$DEV" --suite mtbench-dev --limit "$LIMIT" --max-new-tokens "$TOKENS" || exit $?
+  for spec in $ROUTERS; do
+    rule=${spec%%:*}; n=${spec##*:}
+    for k in 1 2 4; do
+      $CB replay "$DEV" --drafter "r-$rule-$n-k$k=coral-router:$DRAFTERS/coral-router-$rule-$n@router_k=$k" || exit $?
+    done
+  done
+  $CB replay "$DEV" --drafter "coral=coral:$DRAFTERS/coral" || exit $?
+fi
