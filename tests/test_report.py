@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from coral_bench.report import ReportError, load_run, write_report
 from coral_bench.report.blocks import Table, markdown_table
 from coral_bench.report.model import tv_points
+from coral_bench.stats import paired_difference
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 MTBENCH4 = FIXTURES / "mtbench4"  # 4 MT-bench questions (4 categories), 3 drafters incl. oracle
@@ -194,6 +195,91 @@ def test_markdown_table_escapes_pipes_and_right_aligns_numbers():
 
 
 # ---------------------------------------------------------------------------------------------
+# paired τ differences between drafters
+
+# Accepted draft tokens per cycle, per drafter of mtbench4, question and turn (turn 0, turn 1). Each
+# question's τ pools its turns: Σ (accepted + 1) / cycles.
+CRAFTED = {
+    "prompt-lookup": {q: ((1, 1), (1, 1)) for q in ("81", "91", "101", "111")},  # τ 2 everywhere
+    "oracle": {"81": ((3,), (1, 1)), "91": ((3, 3), (3,)), "101": ((2, 2), (2,)), "111": ((3, 3), (3, 3))},
+    "noisy": {"81": ((0, 0), (0,)), "91": ((2, 2), (2,)), "101": ((0,), (0,)), "111": ((2,), (2, 2))},
+}
+CRAFTED_TAUS = {"prompt-lookup": {"81": 2.0, "91": 2.0, "101": 2.0, "111": 2.0},
+                "oracle": {"81": 8 / 3, "91": 4.0, "101": 3.0, "111": 4.0},
+                "noisy": {"81": 1.0, "91": 3.0, "101": 1.0, "111": 3.0}}
+PAIRED = "## Paired τ differences between drafters"
+
+
+def _crafted_run(dst: Path, questions: tuple[str, ...] = ("81", "91", "101", "111")) -> Path:
+    """mtbench4 whose drafters' samples accept as CRAFTED says (uncut), on ``questions`` only."""
+    run = _copy(MTBENCH4, dst)
+    lines = []
+    for line in (run / "samples.jsonl").read_text().splitlines():
+        sample = json.loads(line)
+        if sample["question_id"] not in questions:
+            continue
+        if sample["method"] in CRAFTED:
+            accepted = CRAFTED[sample["method"]][sample["question_id"]][sample["turn"]]
+            sample.update(accepted=list(accepted), cycles=len(accepted), new_tokens=1 + sum(a + 1 for a in accepted))
+        lines.append(json.dumps(sample))
+    (run / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    return run
+
+
+def _paired_rows(md: str) -> list[list[str]]:
+    """The cells of the paired-τ table's body rows."""
+    table = md.split(PAIRED, 1)[1].split("\n\n")[1]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in table.splitlines()[2:]]
+
+
+def test_run_loads_each_methods_question_taus(tmp_path):
+    taus = load_run(_crafted_run(tmp_path / "run")).question_taus
+    for label, expected in CRAFTED_TAUS.items():
+        assert taus[label] == pytest.approx(expected), label
+    assert set(taus) == {"vanilla", "prompt-lookup", "oracle", "noisy", "hf-vanilla"}
+
+
+def test_paired_tau_table_numbers_and_verdicts(tmp_path):
+    md = write_report([_crafted_run(tmp_path / "run")], tmp_path / "out").markdown.read_text()
+    rows = _paired_rows(md)
+    # later drafter − earlier drafter, in the run's order: oracle − pl, noisy − pl, noisy − oracle
+    assert [r[:2] for r in rows] == [["oracle", "prompt-lookup"], ["noisy", "prompt-lookup"], ["noisy", "oracle"]]
+    # by hand: oracle − pl = 2/3, 2, 1, 2; noisy − pl = −1, 1, −1, 1; noisy − oracle = −5/3, −1, −2, −1
+    expected_means = (17 / 12, 0.0, -17 / 12)
+    expected_tau = {"prompt-lookup": 2.0, "oracle": 41 / 12, "noisy": 2.0}
+    verdicts = ("oracle > prompt-lookup", "no clear difference", "noisy < oracle")
+    for row, mean, verdict in zip(rows, expected_means, verdicts):
+        a, b, tau_a, tau_b, diff, ci, paired, said = row
+        assert (tau_a, tau_b) == (f"{expected_tau[a]:.2f}", f"{expected_tau[b]:.2f}")
+        assert diff == f"{mean:+.3f}" and paired == "4" and said == verdict, row
+        _, low, high = paired_difference(CRAFTED_TAUS[a], CRAFTED_TAUS[b], seed=0, resamples=2000)
+        assert ci == f"[{low:+.3f}, {high:+.3f}]", row
+    assert rows[0][5] != rows[2][5]  # the CI is the pair's own, not a shared one
+
+
+def test_paired_tau_one_question_gives_no_ci(tmp_path):
+    md = write_report([_crafted_run(tmp_path / "run", ("81",))], tmp_path / "out").markdown.read_text()
+    rows = _paired_rows(md)
+    assert rows[0] == ["oracle", "prompt-lookup", "2.67", "2.00", "+0.667", "–", "1", "1 question: no CI"]
+    assert all(r[5] == "–" and r[7] == "1 question: no CI" for r in rows)
+
+
+def test_paired_tau_only_for_runs_with_two_drafters(tmp_path, three_runs):
+    assert PAIRED not in write_report([ONE], tmp_path / "one").markdown.read_text()  # one drafter: no table
+    assert PAIRED not in write_report([NO_DRAFTERS], tmp_path / "none").markdown.read_text()
+    rows = _paired_rows((three_runs / "report.md").read_text())
+    assert len(rows) == 3 and {r[0] for r in rows} == {"A"}  # runs B (one drafter) and C (none) add no rows
+
+
+def test_paired_tau_without_samples_is_explained(tmp_path):
+    run = _copy(MTBENCH4, tmp_path / "run")
+    (run / "samples.jsonl").unlink()
+    md = write_report([run], tmp_path / "out").markdown.read_text()
+    assert PAIRED not in md
+    assert "no samples.jsonl, so no paired τ differences between its drafters" in md
+
+
+# ---------------------------------------------------------------------------------------------
 # bad input: one clear line, never a traceback
 
 
@@ -242,6 +328,13 @@ def test_corrupt_files_name_the_file(tmp_path):
         f.write("{broken\n")
     with pytest.raises(ReportError, match=r"cycles.jsonl:\d+: corrupt cycle line"):
         load_run(run3)
+    run4 = _copy(ONE, tmp_path / "run4")
+    lines = (run4 / "samples.jsonl").read_text().splitlines()
+    sample = json.loads(lines[1])
+    del sample["accepted"]  # the per-question τ needs every field of a sample record
+    (run4 / "samples.jsonl").write_text("\n".join([lines[0], json.dumps(sample), *lines[2:]]) + "\n")
+    with pytest.raises(ReportError, match=r"samples.jsonl:2: corrupt sample line"):
+        load_run(run4)
 
 
 def test_run_without_drafters_says_so(tmp_path):

@@ -55,6 +55,7 @@ def build_report(runs: Sequence[Run]) -> Report:
         measured.categories(runs),
         measured.turns(runs),
         measured.acceptance(runs, colours),
+        measured.paired_tau(runs),
         measured.time_split(runs),
         model.lm_head(runs),
         model.predicted(runs, colours),

@@ -6,8 +6,10 @@ Definitions follow METHODS.md §1 and are restated in each section's note.
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Mapping, Sequence
 
+from ..stats import paired_difference
 from . import figures as fg
 from .blocks import DASH, Figure, Heading, Section, Table, Text, ms, num, pct, times
 from .run import MethodResult, Run
@@ -194,6 +196,46 @@ def acceptance(runs: Sequence[Run], palette: fg.Palette) -> Section:
               Figure("accepted", "Accepted draft tokens per cycle (fraction of each drafter's cycles)",
                      fg.accepted_figure(hist_panels))]
     return Section("acceptance", "Acceptance: reach by depth and accepted per cycle", tuple(blocks))
+
+
+PAIRED_SEED = 0  # fixed, so that a re-render draws the same bootstrap resamples
+PAIRED_RESAMPLES = 2000
+
+
+def _paired_row(a: str, b: str, taus: Mapping[str, Mapping[str, float]]) -> tuple[str, ...]:
+    """Drafter a against drafter b: their τ over the questions both have, a − b with its CI, the verdict."""
+    tau_a, tau_b = taus.get(a, {}), taus.get(b, {})
+    common = sorted(tau_a.keys() & tau_b.keys())
+    if not common:
+        return (a, b, DASH, DASH, DASH, DASH, "0", "no question in common")
+    mean, low, high = paired_difference(tau_a, tau_b, seed=PAIRED_SEED, resamples=PAIRED_RESAMPLES)
+    means = tuple(math.fsum(t[q] for q in common) / len(common) for t in (tau_a, tau_b))
+    if len(common) == 1:
+        ci, verdict = DASH, "1 question: no CI"
+    else:
+        ci = f"[{low:+.3f}, {high:+.3f}]"
+        verdict = f"{a} > {b}" if low > 0 else f"{a} < {b}" if high < 0 else "no clear difference"
+    return (a, b, num(means[0]), num(means[1]), f"{mean:+.3f}", ci, str(len(common)), verdict)
+
+
+def paired_tau(runs: Sequence[Run]) -> Section | None:
+    """Every later drafter against every earlier one of the same run, question by question; None
+    when no run with samples.jsonl has two drafters."""
+    multi = len(runs) > 1
+    rows = tuple(((run.label,) if multi else ()) + _paired_row(a.label, b.label, run.question_taus)
+                 for run in runs if run.samples_lines is not None
+                 for i, a in enumerate(run.drafters) for b in run.drafters[:i])
+    if not rows:
+        return None
+    columns = (("run",) if multi else ()) + ("a", "b", "τ a", "τ b", "a − b", "95% CI", "questions paired",
+                                             "verdict")
+    note = Text("Each question's τ pools its turns (τ per question, HASS convention). a − b: the mean, over the "
+                "questions both drafters have a τ for, of the question's τ under a minus its τ under b; τ a and "
+                f"τ b are means over the same questions. 95% CI: percentile interval of {PAIRED_RESAMPLES} "
+                f"paired-bootstrap resamples of the questions (seed {PAIRED_SEED}). Verdict: a > b when the CI lies "
+                "above 0, a < b when below, otherwise no clear difference.", "note")
+    return Section("paired-tau", "Paired τ differences between drafters (per question, 95% paired-bootstrap CI)",
+                   (Table(columns, rows), note))
 
 
 def time_split(runs: Sequence[Run]) -> Section:

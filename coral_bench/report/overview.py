@@ -91,7 +91,8 @@ def missing(runs: Sequence[Run]) -> Section | None:
         if not r.has_cycles:
             items.append(f"run {r.label}: no cycles.jsonl, so no per-cycle time split.")
         if r.samples_lines is None:
-            items.append(f"run {r.label}: no samples.jsonl.")
+            paired = ", so no paired τ differences between its drafters" if len(r.drafters) > 1 else ""
+            items.append(f"run {r.label}: no samples.jsonl{paired}.")
         if not r.drafters:
             items.append(f"run {r.label}: no drafters, so no acceptance, reach or speedup of speculative decoding.")
         if not r.greedy:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from .. import results as rd
+from ..records import SampleRecord
+from ..stats import question_taus
 
 SUPPORTED_SCHEMA = rd.SCHEMA_VERSION
 ORACLE = "oracle"
@@ -123,6 +126,7 @@ class Run:
     samples_lines: int | None  # complete lines of samples.jsonl; None when it is missing
     mean_prompt_tokens: float | None
     profile: Mapping[str, Any] | None
+    question_taus: Mapping[str, Mapping[str, float]]  # method label → question id → pooled τ; {} without samples
 
     @property
     def name(self) -> str:
@@ -189,7 +193,7 @@ def load_run(path: Path, label: str = "A") -> Run:
     baseline = _method(data["baseline"], "vanilla", "baseline", None, where)
     drafters = tuple(_method(v, k, "drafter", names.get(k, k), where) for k, v in _section(data, "drafters", where))
     peers = tuple(_method(v, k, "peer", None, where) for k, v in _section(data, "peers", where))
-    samples_lines, prompt_mean = _read_samples(path)
+    samples_lines, prompt_mean, taus = _read_samples(path)
     has_cycles = (path / rd.CYCLES).exists()
     profile = data.get("profile")
     return Run(path=path, label=label, schema_version=version, config=config, provenance=data["provenance"],
@@ -197,7 +201,7 @@ def load_run(path: Path, label: str = "A") -> Run:
                vanilla_over_hf=_opt_float(data["baseline"].get("vanilla_over_hf_vanilla")),
                splits=_read_cycles(path) if has_cycles else (), has_cycles=has_cycles,
                samples_lines=samples_lines, mean_prompt_tokens=prompt_mean,
-               profile=profile if isinstance(profile, dict) else None)
+               profile=profile if isinstance(profile, dict) else None, question_taus=taus)
 
 
 def load_runs(paths: list[Path]) -> tuple[Run, ...]:
@@ -270,20 +274,28 @@ def _method_fields(rec: dict, label: str, kind: str, drafter: str | None) -> Met
     )
 
 
-def _read_samples(path: Path) -> tuple[int | None, float | None]:
-    """Complete lines of samples.jsonl and their mean prompt length (an unfinished last line is ignored)."""
+def _read_samples(path: Path) -> tuple[int | None, float | None, dict[str, dict[str, float]]]:
+    """Complete lines of samples.jsonl, their mean prompt length and each method's per-question τ
+    (:func:`stats.question_taus`, keyed by method label); an unfinished last line is ignored."""
     file = path / rd.SAMPLES
     if not file.exists():
-        return None, None
+        return None, None, {}
     raw = file.read_bytes()
     lines = [line for line in raw[: raw.rfind(b"\n") + 1].splitlines() if line.strip()]
+    by_method: dict[str, list[SampleRecord]] = defaultdict(list)
     prompts = []
     for number, line in enumerate(lines, start=1):
         try:
-            prompts.append(int(json.loads(line)["prompt_tokens"]))
-        except (ValueError, KeyError, TypeError):
+            record = SampleRecord.from_json(json.loads(line))
+            prompts.append(int(record.prompt_tokens))
+            by_method[record.method].append(record)
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise ReportError(f"{file}:{number}: corrupt sample line") from None
-    return len(lines), (math.fsum(prompts) / len(prompts) if prompts else None)
+    try:
+        taus = {method: question_taus(samples) for method, samples in by_method.items()}
+    except (ValueError, TypeError) as exc:
+        raise ReportError(f"{file}: malformed sample records ({exc})") from None
+    return len(lines), (math.fsum(prompts) / len(prompts) if prompts else None), taus
 
 
 _TIMES = ("draft_s", "score_s", "verify_s", "commit_s")
