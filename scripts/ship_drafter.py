@@ -61,16 +61,19 @@ def main(argv: list[str]) -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rewrites = {str(Path(__file__).resolve().parent.parent) + "/": "", str(Path.home()): "~"}
+
+    def portable(text: str) -> str:  # recorded paths (store, command) lose this machine's prefixes
+        for old, new in rewrites.items():
+            text = text.replace(old, new)
+        return text
+
     for name in shipped:
-        if name.endswith((".json", ".jsonl")):  # recorded paths (store, command) lose this machine's prefixes
-            text = (src / name).read_text()
-            for old, new in rewrites.items():
-                text = text.replace(old, new)
-            (tmp / name).write_text(text)
+        if name.endswith((".json", ".jsonl")):
+            (tmp / name).write_text(portable((src / name).read_text()))
         else:
             shutil.copyfile(src / name, tmp / name)
     record = {
-        "command": shlex.join(["python", "scripts/ship_drafter.py", *argv]),
+        "command": portable(shlex.join(["python", "scripts/ship_drafter.py", *argv])),
         "git_hash": provenance.git_hash(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": src.name,  # the folder's name only: no machine paths in the package

@@ -42,13 +42,15 @@ def trained(tiny, folder: Path, complete: bool) -> Path:
 
 def test_a_complete_drafter_is_shipped_with_its_record(ship, tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(ASSETS_ENV, str(tmp_path / "assets"))
-    src = trained(tiny, tmp_path / "hass-run", complete=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # a checkpoint under the home folder, as in real use
+    src = trained(tiny, Path.home() / "drafters" / "hass-run", complete=True)
     assert ship([str(src), "hass", "--target", "tiny-random"]) == 0
     dest = shipped_checkpoint("tiny-random", "hass")
     assert dest is not None and sorted(p.name for p in dest.iterdir()) == [
         "SHIPPED.json", "config.json", "model.safetensors", "train-log.jsonl"]
     record = json.loads((dest / "SHIPPED.json").read_text())
     assert record["method"] == "hass" and record["command"].startswith("python scripts/ship_drafter.py")
+    assert str(Path.home()) not in (dest / "SHIPPED.json").read_text()
     for name, digest in record["sha256"].items():
         assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == digest
     config = (dest / "config.json").read_text()
