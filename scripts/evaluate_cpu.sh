@@ -49,11 +49,21 @@ fi
 if has replays; then
   DEV=runs/dev-mtbench-$TOKENS
   run_once "$DEV" --suite mtbench-dev --limit "$LIMIT" --max-new-tokens "$TOKENS" || exit $?
+  specs=("coral=coral:$DRAFTERS/coral")
   for spec in $ROUTERS; do
     rule=${spec%%:*}; n=${spec##*:}
-    for k in 1 2 4; do
-      $CB replay "$DEV" --drafter "r-$rule-$n-k$k=coral-router:$DRAFTERS/coral-router-$rule-$n@router_k=$k" || exit $?
-    done
+    for k in 1 2 4; do specs+=("r-$rule-$n-k$k=coral-router:$DRAFTERS/coral-router-$rule-$n@router_k=$k"); done
   done
-  $CB replay "$DEV" --drafter "coral=coral:$DRAFTERS/coral" || exit $?
+  specs+=(${EXTRA_REPLAYS:-})  # e.g. equal-cost frequency subsets: "fs-6144=coral:ROUTED@vocab=6144"
+  for d in "${specs[@]}"; do
+    $CB replay "$DEV" --drafter "$d" || exit $?
+  done
+  $PY - "$DEV/replay-args.json" "${specs[@]}" <<'PYEOF'
+import json, sys
+path, specs = sys.argv[1], sys.argv[2:]
+old = json.load(open(path)) if __import__("os").path.exists(path) else {}
+old.update({s.split("=", 1)[0]: s for s in specs})
+json.dump(old, open(path, "w"), indent=1)
+PYEOF
+  $PY scripts/router_table.py "$DEV"
 fi

@@ -1,0 +1,71 @@
+"""The router sweep as a Markdown table, from a run's ``replays.json`` (``coral-bench replay``) and the
+routed checkpoints' held-out recall (``coral-bench train-router``).
+
+One row per replayed drafter: τ at T = 0 (exact, replay), its change against the unrouted reference
+label, the mean |∪ selected groups| per drafter forward and the head rows that implies (|∪| · V / N,
+as a fraction of V), and for routed drafters the partition, N, k and the held-out recall of the
+target's argmax at depths 1…3.
+
+    python scripts/router_table.py RUN_DIR [--reference coral] [--vocab 49152]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def mean_union(entry: dict) -> float | None:
+    sizes = [u for s in entry["samples"] for cycle in s["head_union"] for u in cycle]
+    return sum(sizes) / len(sizes) if sizes else None
+
+
+def router_of(drafter_arg: str) -> tuple[dict | None, int | None]:
+    """(router section of the checkpoint's config, router_k in force) for LABEL=coral-router:CKPT@router_k=K."""
+    body = drafter_arg.split("=", 1)[-1]
+    if not body.startswith("coral-router:"):  # unrouted (a routed checkpoint run as coral ignores its router)
+        return None, None
+    ckpt, *options = body.split(":", 1)[1].split("@")
+    opts = dict(o.split("=", 1) for o in options if "=" in o)
+    config = Path(ckpt).expanduser() / "config.json"
+    if not config.is_file():
+        return None, None
+    router = json.loads(config.read_text())["coral_bench"].get("router")
+    k = int(opts["router_k"]) if "router_k" in opts else (router or {}).get("k")
+    return router, k
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--reference", default="coral", help="label of the unrouted drafter τ is compared with")
+    ap.add_argument("--vocab", type=int, default=49152)
+    ap.add_argument("--args", type=Path, help="JSON {label: drafter argument} (default: RUN/replay-args.json)")
+    args = ap.parse_args()
+    replays = json.loads((args.run / "replays.json").read_text())
+    drafter_args = json.loads((args.args or args.run / "replay-args.json").read_text()) \
+        if (args.args or args.run / "replay-args.json").is_file() else {}
+    ref = next((v["tau_pooled"] for v in replays.values() if v["label"] == args.reference), None)
+    print("| drafter | tree | partition | N | k | recall d1/d2/d3 (k) | τ (replay) | Δτ vs "
+          f"{args.reference} | mean ∣∪∣ | head rows / V |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for key, v in sorted(replays.items(), key=lambda kv: kv[0]):
+        router, k = router_of(drafter_args.get(v["label"], ""))
+        union = mean_union(v)
+        groups = (router or {}).get("groups")
+        rows = union * args.vocab / groups / args.vocab if (union is not None and groups) else None
+        recall = "–"
+        if router and k:
+            evals = ((router.get("training") or {}).get("eval") or {}).get("recall", [])
+            hit = next((r for r in evals if r["k"] == k), None)
+            recall = "/".join(f"{x:.3f}" for x in hit["target_argmax"]) if hit else "–"
+        tau = v["tau_pooled"]
+        delta = f"{(tau / ref - 1) * 100:+.1f} %" if (ref and tau) else "–"
+        partition = ((router or {}).get("partition") or {}).get("rule", "–")
+        print(f"| {v['label']} | {v['tree']} | {partition} | {groups or '–'} | {k or '–'} | {recall} | "
+              f"{tau:.3f} | {delta} | {union if union is None else f'{union:.2f}'} | "
+              f"{'–' if rows is None else f'{rows:.3f}'} |")
+
+
+if __name__ == "__main__":
+    main()
