@@ -379,11 +379,15 @@ def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_
               help="Stop cleanly after this much training time: state and drafter so far are saved "
                    "(marked incomplete); --resume continues.")
 @click.option("--eval-fraction", type=float, default=0.02, show_default=True, help="Held-out sequences.")
+@click.option("--max-sequences", type=click.IntRange(min=1), metavar="N",
+              help="Train on the first N training sequences only (sweeps on a shorter budget; the held-out "
+                   "split and --loss-vocab's token counts stay those of the whole store). Default: all.")
 @click.option("--device", help="cpu, cuda… Default: Accelerate's device for this process.")
 @click.option("--threads", type=int, help="torch threads (recorded). Default: torch's.")
 def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_tokens, steps, history,
           csra_temperature, csra_weight, csra_negatives, csra_anchor, distill_k, distill_weight, step_decay,
-          loss_vocab, feature_noise, seed, dtype, checkpoint_every, resume, time_limit, eval_fraction, device, threads):
+          loss_vocab, feature_noise, seed, dtype, checkpoint_every, resume, time_limit, eval_fraction, max_sequences,
+          device, threads):
     """Train an EAGLE-2 / HASS / CORAL drafter on a feature store (single process or `accelerate launch`)."""
     import torch
     from accelerate import PartialState
@@ -408,7 +412,8 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
         method, steps=steps, epochs=epochs, lr=lr, warmup_steps=warmup_steps, schedule=schedule,
         batch_tokens=batch_tokens, history=history, csra_temperature=csra_temperature, csra_negatives=csra_negatives,
         csra_anchor=csra_anchor, distill_k=distill_k, step_decay=step_decay, feature_noise=feature_noise, seed=seed,
-        dtype=dtype, checkpoint_every=checkpoint_every, eval_fraction=eval_fraction, loss_vocab=loss_vocab, **loss)
+        dtype=dtype, checkpoint_every=checkpoint_every, eval_fraction=eval_fraction, loss_vocab=loss_vocab,
+        max_sequences=max_sequences, **loss)
     state = PartialState(cpu=device == "cpu")
     dev = device or str(state.device)
     loaded = load_target(target, dtype="float64" if dtype == "fp64" else "float32", device=dev)

@@ -356,6 +356,21 @@ def test_loss_vocab_trains_and_is_recorded(store_dir, target64, tmp_path):
     assert len(cut.eval.accuracy) == 3 and cut.eval.terms  # held-out metrics over the full vocabulary
 
 
+def test_max_sequences_trains_on_a_prefix_with_the_same_held_out_split(store_dir, target64, tmp_path):
+    small = {**SMALL, "loss_vocab": 20}
+    full = train(store_dir, tmp_path / "full", settings_for("hass", **small), target64)
+    capped = train(store_dir, tmp_path / "capped", settings_for("hass", max_sequences=2, **small), target64)
+    opened = TrainingData.open(store_dir, settings_for("hass", **small), 1, 64)
+    assert capped.metadata["data"]["train_sequences"] == 2 < full.metadata["data"]["train_sequences"]
+    assert capped.metadata["data"]["eval_sequences"] == full.metadata["data"]["eval_sequences"]
+    assert capped.tokens < full.tokens and capped.metadata["settings"]["max_sequences"] == 2
+    # the restricted vocabulary comes from the whole training split, not the prefix
+    assert capped.metadata["loss_vocab"]["ids_sha256"] == full.metadata["loss_vocab"]["ids_sha256"]
+    assert capped.tokens == opened.slots_of(opened.train[:2]) * SMALL["epochs"]
+    with pytest.raises(TrainError, match="max_sequences"):
+        settings_for("hass", max_sequences=0)
+
+
 def test_output_is_an_eagle_checkpoint_with_provenance(store_dir, target64, tmp_path):
     settings = settings_for("hass", **SMALL)
     result = train(store_dir, tmp_path / "hass", settings, target64, target_name="tiny-random")

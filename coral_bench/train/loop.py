@@ -107,6 +107,7 @@ class TrainSettings:
     detach_step_inputs: bool = True  # HASS: step j > 1 inputs are detached
     init: str = "identity"
     loss_vocab: int = 0  # > 0: soft CE / top-K over the most frequent training tokens only (a CPU lever)
+    max_sequences: int | None = None  # train on the first N training sequences (sweeps on a shorter budget)
 
     def __post_init__(self) -> None:
         checks = [
@@ -125,6 +126,7 @@ class TrainSettings:
             (0 <= self.eval_fraction < 1, "eval_fraction must be in [0, 1)"),
             (self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.loss_vocab >= 0, "loss_vocab must be >= 0 (0: the full vocabulary)"),
+            (self.max_sequences is None or self.max_sequences >= 1, "max_sequences must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -577,6 +579,8 @@ def train(
         vocab = most_frequent(counts, settings.loss_vocab)
         coverage = float(counts[vocab].sum()) / max(int(counts.sum()), 1)
         vocab = vocab.to(target.device)
+    if settings.max_sequences is not None:  # after the counts: a capped run restricts to the same vocabulary
+        data = data.with_train_cap(settings.max_sequences, settings, acc.num_processes)
     frozen = Frozen(target, master, vocab)
     total_steps = sum(len(p) for p in data.plans)
     warmup = settings.warmup_steps if settings.warmup_steps is not None else max(1, round(0.05 * total_steps))
