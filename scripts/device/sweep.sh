@@ -22,22 +22,7 @@ trap pack EXIT
 [ -d $W/ids ] || tar xJf training-data/smollm2-135m/ids.tar.xz -C $W
 $CB gen-data --from-ids $W/ids --max-prompts "$SUBSET" --out $W/subset --batch-size 512 --max-batch-tokens 262144 \
   --shard-tokens 1048576 --dtype bfloat16 --device $DEV > $S/logs/subset.log 2>&1 || { tail $S/logs/subset.log; exit 1; }
-TRIALS=(
-  "coral tc0.05-l0.1 --csra-temperature 0.05 --csra-weight 0.1"
-  "coral tc0.1-l0.1 --csra-temperature 0.1 --csra-weight 0.1"
-  "coral tc0.2-l0.1 --csra-temperature 0.2 --csra-weight 0.1"
-  "coral tc0.05-l0.5 --csra-temperature 0.05 --csra-weight 0.5"
-  "coral tc0.1-l0.5 --csra-temperature 0.1 --csra-weight 0.5"
-  "coral tc0.2-l0.5 --csra-temperature 0.2 --csra-weight 0.5"
-  "coral anchor-step1 --csra-anchor step1-stopgrad"
-  "hass k5-d1 --distill-k 5 --step-decay 1.0"
-  "hass k10-d1 --distill-k 10 --step-decay 1.0"
-  "hass k20-d1 --distill-k 20 --step-decay 1.0"
-  "hass k5-d0.8 --distill-k 5 --step-decay 0.8"
-  "hass k10-d0.8 --distill-k 10 --step-decay 0.8"
-  "hass k20-d0.8 --distill-k 20 --step-decay 0.8"
-  "hass exclude --history exclude"
-)
+mapfile -t TRIALS < <(grep -v "^#" scripts/sweep-trials.txt)
 n=${#TRIALS[@]}
 for i in "${!TRIALS[@]}"; do
   read -r method name args <<< "${TRIALS[$i]}"

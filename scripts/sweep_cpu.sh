@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The tuning sweep of issue 4 on a CPU (scripts/sweep-trials.txt: 7 CORAL + 7 HASS trials), each one
+# epoch on the first SUBSET training sequences of the feature store (train --max-sequences; the
+# held-out split is the full runs' own), with the full runs' lr / batch / seed / --loss-vocab.
+# Selection by held-out agreement: python scripts/sweep_table.py $OUT/*/ (a development-split
+# decision; τ is reported on the test suites only). Resumable: a finished trial is skipped, a cut
+# one resumes. ~5 min per trial at SUBSET=1500 on 2 cores. Nothing timed meanwhile.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-$HOME/.cache/coral-bench/data/smollm2-feat-2m}
+OUT=${OUT:-$HOME/.cache/coral-bench/sweep/smollm2-135m}
+SUBSET=${SUBSET:-1500}; LR=${LR:-1e-3}; BATCH_TOKENS=${BATCH_TOKENS:-8192}; LOSS_VOCAB=${LOSS_VOCAB:-8192}
+CB=${CB:-.venv/bin/coral-bench}
+mkdir -p "$OUT"
+grep -v "^#" scripts/sweep-trials.txt | while read -r method name args; do
+  dir=$OUT/$method-$name
+  if [[ -f $dir/config.json ]] && python3 -c "import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))['coral_bench']['budget']['complete'] else 1)" "$dir/config.json"; then
+    echo "$method $name: done"; continue
+  fi
+  echo "$method $name: training ($(date -u +%H:%M))"
+  $CB train --method "$method" --data "$DATA" --out "$dir" --epochs 1 --lr "$LR" --batch-tokens "$BATCH_TOKENS" \
+    --loss-vocab "$LOSS_VOCAB" --max-sequences "$SUBSET" --threads 2 --checkpoint-every 10 --resume $args \
+    < /dev/null || exit $?
+done
+python3 scripts/sweep_table.py "$OUT"/*/
