@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+# the trained drafters shipped for the embedded default, in this order
+SHIPPED := $(filter $(notdir $(wildcard coral_bench/assets/smollm2-135m/*)),eagle2 hass coral coral-router)
 
 .PHONY: install demo test benchmark reports check-reports clean
 
@@ -19,10 +21,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Run a short benchmark on the embedded default (SmolLM2-135M): vanilla, prompt-lookup, oracle.
+## Run a short benchmark on the embedded default (SmolLM2-135M): vanilla, the shipped trained
+## drafters, prompt-lookup and the oracle upper bound; then its report.
 demo: $(STAMP)
 	$(BIN)/coral-bench run --suite mtbench --limit 3 --max-new-tokens 64 \
+	    $(foreach d,$(SHIPPED),--drafter $(d)) \
 	    --drafter prompt-lookup --drafter oracle --out $(DEMO_OUT)
+	$(BIN)/coral-bench report $(DEMO_OUT) --out $(DEMO_OUT)/report
 
 ## Run the test suite (CPU, tiny models; a few tests use the embedded model). Installs headless
 ## Chromium (Debian packages) for the report rendering test when missing.
