@@ -31,7 +31,7 @@ run_once() {  # OUT, then run options: skip a finished run, resume an interrupte
 if has runs; then
   for s in $SUITES; do
     run_once "$RUNS/$s" --suite "$s" --limit "$LIMIT" --max-new-tokens "$TOKENS" \
-      --drafter eagle2 --drafter hass --drafter coral || exit $?
+      --drafter eagle2 --drafter hass --drafter coral --drafter oracle || exit $?
   done
 fi
 
