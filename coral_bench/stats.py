@@ -574,7 +574,7 @@ def equality(
         d = Divergence(s.question_id, s.turn, pos, None if margin is None else float(margin), float(bound))
         if key in different_context and tied_questions.get(s.question_id, False):
             after_ties.append(d)
-        elif margin is not None and margin < bound:
+        elif margin is not None and margin <= bound:  # inclusive: each logit off by half the bound flips it
             ties.append(d)
             tied_questions.setdefault(s.question_id, True)
         else:

@@ -322,6 +322,16 @@ def test_per_sample_tie_bounds_widen_the_threshold():
     assert [t.question_id for t in r.ties] == ["q1"] and [m.question_id for m in r.mismatches] == ["q2"]
 
 
+def test_a_margin_exactly_at_the_bound_is_a_tie():
+    """bf16 logits move in ulps: a top-2 margin of exactly the 2-ulp bound flips when each logit is off
+    by one ulp (seen in real bf16 runs), so the bound is inclusive."""
+    vanilla = [rec(q, 0, output_ids=(1, 2, 3), new_tokens=3, method="vanilla") for q in ("q1", "q2")]
+    spec = [rec(q, 0, output_ids=(1, 2, 4), new_tokens=3) for q in ("q1", "q2")]
+    margins = {("q1", 0): 0.125, ("q2", 0): 0.126}
+    r = equality(spec, vanilla, margins, tie_threshold=1e-2, tie_bounds={("q1", 0): 0.125, ("q2", 0): 0.125})
+    assert [t.question_id for t in r.ties] == ["q1"] and [m.question_id for m in r.mismatches] == ["q2"]
+
+
 def test_later_turns_after_a_tie_are_not_mismatches():
     vanilla = [rec(q, t, output_ids=(1, 2, 3), new_tokens=3, method="vanilla") for q in ("q1", "q2") for t in (0, 1)]
     spec = [rec(q, t, output_ids=(1, 2, 4), new_tokens=3) for q in ("q1", "q2") for t in (0, 1)]
