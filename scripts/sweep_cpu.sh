@@ -12,11 +12,10 @@ OUT=${OUT:-$HOME/.cache/coral-bench/sweep/smollm2-135m}
 SUBSET=${SUBSET:-1500}; LR=${LR:-1e-3}; BATCH_TOKENS=${BATCH_TOKENS:-8192}; LOSS_VOCAB=${LOSS_VOCAB:-8192}
 CB=${CB:-.venv/bin/coral-bench}
 mkdir -p "$OUT"
+source scripts/drafter_complete.sh
 grep -v "^#" scripts/sweep-trials.txt | while read -r method name args; do
   dir=$OUT/$method-$name
-  if [[ -f $dir/config.json ]] && python3 -c "import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))['coral_bench']['budget']['complete'] else 1)" "$dir/config.json"; then
-    echo "$method $name: done"; continue
-  fi
+  if complete "$dir"; then echo "$method $name: done"; continue; fi
   echo "$method $name: training ($(date -u +%H:%M))"
   $CB train --method "$method" --data "$DATA" --out "$dir" --epochs 1 --lr "$LR" --batch-tokens "$BATCH_TOKENS" \
     --loss-vocab "$LOSS_VOCAB" --max-sequences "$SUBSET" --threads 2 --checkpoint-every 10 --resume $args \

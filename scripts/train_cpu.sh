@@ -13,10 +13,7 @@ OUT=${OUT:-$HOME/.cache/coral-bench/drafters/smollm2-135m}
 EPOCHS=${EPOCHS:-3}; LR=${LR:-1e-3}; BATCH_TOKENS=${BATCH_TOKENS:-8192}; LOSS_VOCAB=${LOSS_VOCAB:-8192}
 CB=${CB:-.venv/bin/coral-bench}
 mkdir -p "$OUT"
-complete() {  # a finished drafter: config.json whose budget says complete
-  python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['coral_bench']; sys.exit(0 if m['budget'].get('complete', True) else 1)" \
-    "$1/config.json" 2>/dev/null
-}
+source scripts/drafter_complete.sh
 for m in ${METHODS:-eagle2 hass coral}; do
   if complete "$OUT/$m"; then echo "$m: done"; continue; fi
   echo "$m: training ($(date -u +%H:%M))"

@@ -3,6 +3,7 @@ cache: loading, the chat template, and greedy equality with transformers' genera
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,7 +68,7 @@ def test_shipped_drafters_are_recorded_lossless_and_accept(embedded, name):
         assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == digest, file
     meta = json.loads((folder / "config.json").read_text())["coral_bench"]
     assert meta["budget"]["complete"] and meta["git_hash"] and meta["command"].startswith("coral-bench train")
-    assert "/root/" not in (folder / "config.json").read_text()
+    assert str(Path.home()) not in (folder / "config.json").read_text()  # no path of the machine that trained it
     target, tok = embedded.target, embedded.tokenizer
     prompt = render(tok, ["Explain what a hash table is in two sentences."], [], None)
     clock = Clock(torch.device("cpu"))
