@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -21,6 +21,7 @@ from .chat import render
 from .clock import Clock, is_busy, load_average
 from .decode import Generation, generate
 from .drafters.base import Drafter, DrafterSettings, generator_for
+from .drafters.eagle import EagleInfo
 from .drafters.registry import DRAFTERS, build_drafter
 from .loading import LoadedTarget, load_target
 from .methods import DrafterSpec, MethodError, PeerSpec, check_unique
@@ -72,6 +73,7 @@ class Method:
     parameters: int = 0
     needs_reference: bool = False
     peer: HfPeer | None = None  # peers only: how transformers' generate is called
+    weights: Mapping[str, Any] | None = None  # trained drafters: checkpoint, sha256, training method
 
 
 def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str = "",
@@ -201,8 +203,10 @@ def _drafted(label: str, kind: str, spec: DrafterSpec, config: RunConfig, target
         return generate(target, drafter, prompt, max_new, config.sampling, generator_for(seed), clock,
                         reserve=settings.tree.max_nodes, reference=reference)
 
+    info = getattr(drafter, "info", None)  # EAGLE-style drafters say where their weights came from
     return Method(label, kind, run, tree if kind != "baseline" else None, drafter.parameter_count(),
-                  needs_reference=spec.name in ("oracle", "noisy-oracle"))
+                  needs_reference=spec.name in ("oracle", "noisy-oracle"),
+                  weights=info.record() if isinstance(info, EagleInfo) else None)
 
 
 def _sample_seed(seed: int, key: tuple[str, str, int]) -> int:
@@ -329,6 +333,7 @@ def build_results(config_json: dict, provenance_json: dict, samples: list[Sample
         if method.kind == "drafter":
             entry["tree"] = method.tree.describe() if method.tree else None
             entry["parameters"] = method.parameters
+            entry["weights"] = dict(method.weights) if method.weights else None
             results["drafters"][method.label] = entry
         else:
             _acceptance_not_available(entry)

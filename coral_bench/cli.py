@@ -675,7 +675,9 @@ def estimate_speedup(run_dir, what_ifs, labels):
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--drafter", "drafter", required=True, metavar="[LABEL=]NAME[:CKPT][@tree=SHAPE]")
 @click.option("--tree", callback=_tree, help="Tree to replay (default: @tree, else the run's tree for LABEL).")
-def replay_command(run_dir, drafter, tree):
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads. Default: the run's (replay times nothing, so it may share the machine).")
+def replay_command(run_dir, drafter, tree, threads):
     """Exact τ at T = 0 (E[accepted] at T > 0) of a drafter and tree against the run's vanilla output."""
     import json
 
@@ -686,7 +688,15 @@ def replay_command(run_dir, drafter, tree):
     if tree == "auto":
         _fail("--tree auto is not supported by replay; give a shape")
     spec = DrafterSpec.parse(drafter)
-    result = replay_run(run_dir, spec.label, spec.name, spec.checkpoint, tree or spec.tree)
+    with Progress(TextColumn(f"replay {spec.label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("replay", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = replay_run(run_dir, spec.label, spec.name, spec.checkpoint, tree or spec.tree,
+                            progress=progress, threads=threads)
     path = save_replay(run_dir, result)
     measured = json.loads((run_dir / "results.json").read_text()).get("drafters", {}).get(spec.label, {})
     same = measured.get("tree") == result.tree.describe()

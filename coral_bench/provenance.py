@@ -38,6 +38,18 @@ def git_hash() -> str | None:
         return None
 
 
+def portable_path(path: str | Path) -> str:
+    """``path`` as recorded in results: relative to the checkout when inside it (shipped assets),
+    else with the home folder written ``~``, so records name no machine-specific prefix."""
+    resolved = Path(path).expanduser().resolve()
+    root = Path(__file__).resolve().parent.parent
+    for base, shown in ((root, None), (Path.home().resolve(), "~")):
+        if resolved.is_relative_to(base):
+            rel = resolved.relative_to(base).as_posix()
+            return rel if shown is None else f"{shown}/{rel}"
+    return str(resolved)
+
+
 def coral_bench_version() -> str:
     try:
         return metadata.version("coral-bench")

@@ -259,14 +259,16 @@ def resolve_tree(config: dict, label: str, name: str, tree: TreeShape | None) ->
 
 def replay_run(run_dir: Path, label: str, name: str, checkpoint: str | None, tree: TreeShape | None = None,
                loaded: LoadedTarget | None = None,
-               progress: Callable[[int, int], None] | None = None) -> ReplayResult:
-    """Replay drafter ``name`` (result key ``label``) over every vanilla sample of the run in ``run_dir``."""
+               progress: Callable[[int, int], None] | None = None, threads: int | None = None) -> ReplayResult:
+    """Replay drafter ``name`` (result key ``label``) over every vanilla sample of the run in ``run_dir``.
+
+    ``threads`` overrides the run's torch thread count (replay measures no time, so it may share cores)."""
     config = json.loads((run_dir / rd.CONFIG).read_text())
     vanilla = {(s.question_id, s.turn): s for s in rd.read_samples(run_dir) if s.method == VANILLA}
     if not vanilla:
         raise ReplayError(f"{run_dir} holds no vanilla samples to replay against")
-    if config.get("threads"):
-        torch.set_num_threads(int(config["threads"]))
+    if threads or config.get("threads"):
+        torch.set_num_threads(int(threads or config["threads"]))
     loaded = loaded or load_target(config["target"], config["dtype"], config["device"])
     sampling = SamplingConfig(**config.get("sampling", {}))
     shape = resolve_tree(config, label, name, tree)

@@ -10,7 +10,10 @@ DRAFTERS=${DRAFTERS:-$HOME/.cache/coral-bench/drafters/smollm2-135m}
 DATA=${DATA:-$HOME/.cache/coral-bench/data/smollm2-feat-2m}
 RUNS=${RUNS:-reports/runs/drafters-cpu}
 LIMIT=${LIMIT:-16}; TOKENS=${TOKENS:-128}; SUITES=${SUITES:-mtbench-test humaneval gsm8k}
-ROUTER_SEQ=${ROUTER_SEQ:-200}; ROUTERS=${ROUTERS:-frequency:16 cluster:16 contiguous:16}
+ROUTER_SEQ=${ROUTER_SEQ:-600}; ROUTER_DIR=${ROUTER_DIR:-$DRAFTERS}; ROUTER_KS=${ROUTER_KS:-1 2 4}
+ROUTERS=${ROUTERS:-frequency:8 frequency:16 frequency:32 cluster:8 cluster:16 cluster:32 contiguous:8 contiguous:16 contiguous:32}
+FS_SIZES=${FS_SIZES:-1536 3072 6144 12288 24576}  # FR-Spec-style subsets at the head cost of N,k pairs: k*V/N
+THREADS=${THREADS:-2}  # torch threads of the untimed steps
 CB=${CB:-.venv/bin/coral-bench}; PY=${PY:-.venv/bin/python}
 STEPS=${STEPS:-ship runs routers replays}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -37,26 +40,33 @@ fi
 
 if has routers; then
   for spec in $ROUTERS; do
-    rule=${spec%%:*}; n=${spec##*:}; out="$DRAFTERS/coral-router-$rule-$n"
+    rule=${spec%%:*}; n=${spec##*:}; out="$ROUTER_DIR/coral-router-$rule-$n"
     [[ -f $out/config.json ]] && { echo "$out: done"; continue; }
     rm -rf "$out"  # not resumable (minutes): a cut one starts again
     # eval fraction and seed of the stage-1 training: recall is measured on sequences it never saw
     $CB train-router --drafter "$DRAFTERS/coral" --data "$DATA" --router-groups "$n" --router-k 2 \
-      --partition "$rule" --max-sequences "$ROUTER_SEQ" --eval-fraction 0.02 --threads 2 --out "$out" || exit $?
+      --partition "$rule" --max-sequences "$ROUTER_SEQ" --eval-fraction 0.02 --threads "$THREADS" --out "$out" || exit $?
   done
 fi
 
 if has replays; then
-  DEV=runs/dev-mtbench-$TOKENS
+  DEV=${DEV:-runs/dev-mtbench-$TOKENS}
   run_once "$DEV" --suite mtbench-dev --limit "$LIMIT" --max-new-tokens "$TOKENS" || exit $?
   specs=("coral=coral:$DRAFTERS/coral")
+  counts=""  # any frequency-partitioned router carries the training-data token counts (@vocab=V)
   for spec in $ROUTERS; do
     rule=${spec%%:*}; n=${spec##*:}
-    for k in 1 2 4; do specs+=("r-$rule-$n-k$k=coral-router:$DRAFTERS/coral-router-$rule-$n@router_k=$k"); done
+    [[ $rule == frequency ]] && counts="$ROUTER_DIR/coral-router-$rule-$n"
+    for k in $ROUTER_KS; do specs+=("r-$rule-$n-k$k=coral-router:$ROUTER_DIR/coral-router-$rule-$n@router_k=$k"); done
   done
-  specs+=(${EXTRA_REPLAYS:-})  # e.g. equal-cost frequency subsets: "fs-6144=coral:ROUTED@vocab=6144"
+  if [[ -n $counts ]]; then for v in $FS_SIZES; do specs+=("fs-$v=coral:$counts@vocab=$v"); done; fi
+  specs+=(${EXTRA_REPLAYS:-})  # e.g. chains: "coral-c3=coral:DIR/coral@tree=chain:3"
+  done_labels=$($PY -c 'import json,sys; print(" ".join(v["label"] for v in json.load(open(sys.argv[1])).values()))' \
+    "$DEV/replays.json" 2>/dev/null)
   for d in "${specs[@]}"; do
-    $CB replay "$DEV" --drafter "$d" || exit $?
+    # a label already replayed is skipped (resumable); FORCE=1 replays it again
+    [[ -z ${FORCE:-} && " $done_labels " == *" ${d%%=*} "* ]] && { echo "${d%%=*}: replayed"; continue; }
+    $CB replay "$DEV" --drafter "$d" --threads "$THREADS" || exit $?
   done
   $PY - "$DEV/replay-args.json" "${specs[@]}" <<'PYEOF'
 import json, sys

@@ -5,12 +5,13 @@
 #        coral-bench gen-data --from-ids IDS --max-prompts 11200 --out $DATA --threads 2 --resume
 #      (IDS: training-data/smollm2-135m/ids.tar.xz unpacked)
 #   2. bash scripts/train_cpu.sh        # again after an interruption: it resumes
+#      (THREADS=1 leaves a core for untimed work beside it, e.g. replays)
 # The three methods share data, epochs, lr, batch, seed and --loss-vocab (recorded in each drafter).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-$HOME/.cache/coral-bench/data/smollm2-feat-2m}
 OUT=${OUT:-$HOME/.cache/coral-bench/drafters/smollm2-135m}
-EPOCHS=${EPOCHS:-3}; LR=${LR:-1e-3}; BATCH_TOKENS=${BATCH_TOKENS:-8192}; LOSS_VOCAB=${LOSS_VOCAB:-8192}
+EPOCHS=${EPOCHS:-3}; THREADS=${THREADS:-2}; LR=${LR:-1e-3}; BATCH_TOKENS=${BATCH_TOKENS:-8192}; LOSS_VOCAB=${LOSS_VOCAB:-8192}
 CB=${CB:-.venv/bin/coral-bench}
 mkdir -p "$OUT"
 source scripts/drafter_complete.sh
@@ -18,5 +19,5 @@ for m in ${METHODS:-eagle2 hass coral}; do
   if complete "$OUT/$m"; then echo "$m: done"; continue; fi
   echo "$m: training ($(date -u +%H:%M))"
   $CB train --method "$m" --data "$DATA" --out "$OUT/$m" --epochs "$EPOCHS" --lr "$LR" --batch-tokens "$BATCH_TOKENS" \
-    --loss-vocab "$LOSS_VOCAB" --threads 2 --checkpoint-every 25 --resume || exit $?
+    --loss-vocab "$LOSS_VOCAB" --threads "$THREADS" --checkpoint-every 25 --resume || exit $?
 done

@@ -1,6 +1,7 @@
 """The CLI in-process (click's CliRunner): a tiny run writes a run directory; bad input fails cleanly."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -99,3 +100,14 @@ def test_git_hash_env_overrides_the_checkout(monkeypatch):
     own = provenance.git_hash()
     monkeypatch.setenv(provenance.GIT_HASH_ENV, "0123abc")
     assert provenance.git_hash() == "0123abc" != own
+
+
+def test_recorded_paths_name_no_machine_prefix(tmp_path, monkeypatch):
+    from coral_bench import provenance
+
+    root = Path(provenance.__file__).resolve().parent.parent
+    assert provenance.portable_path(root / "coral_bench" / "assets" / "x") == "coral_bench/assets/x"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert provenance.portable_path(tmp_path / ".cache" / "d") == "~/.cache/d"
+    assert provenance.portable_path("~/d") == "~/d"
+    assert provenance.portable_path("/elsewhere/d") == "/elsewhere/d"

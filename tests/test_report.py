@@ -47,7 +47,7 @@ def _edit_results(run: Path, edit) -> None:
 
 
 def _future_run(dst: Path) -> Path:
-    """mtbench4 with the fields later schema-1 runs add: predictions, LM-head shares, a profile."""
+    """mtbench4 with the fields later schema-1 runs add: predictions, LM-head shares, a profile, weights."""
     run = _copy(MTBENCH4, dst)
 
     def edit(data):
@@ -55,6 +55,7 @@ def _future_run(dst: Path) -> Path:
             entry["speedup_predicted"] = 1.0 + 0.5 * i
             entry["lm_head_share"] = 0.3 + 0.1 * i
             entry["lm_head_total_share"] = 0.45 + 0.1 * i
+            entry["weights"] = {"checkpoint": f"drafters/{i}", "weights_sha256": f"{i}" * 64}
         data["profile"] = {"t_v": [{"nodes": n, "seconds": 0.010 + 0.001 * n, "context": 256} for n in (1, 4, 8, 16)]}
 
     _edit_results(run, edit)
@@ -157,6 +158,8 @@ def test_future_fields_add_their_sections(tmp_path):
     assert "## Verification cost T_V(n)" in md and "| context 256 |      16 | 26.000 |" in md
     assert {p.name for p in files.figures} >= {"predicted.svg", "verification-cost.svg"}
     assert "Not in these runs" not in md
+    labels = json.loads((run / "results.json").read_text())["drafters"]
+    assert ", ".join(f"{label} {str(i) * 12}" for i, label in enumerate(labels)) in md  # weights named
 
 
 def test_unknown_profile_shape_is_named_not_fatal(tmp_path):

@@ -4,6 +4,7 @@ checkpoints round-trip and mismatches are refused, train-router runs end to end.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -444,10 +445,16 @@ def test_routed_and_unrouted_drafters_run_side_by_side(target64, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert set(results["drafters"]) == {"coral-router", "coral", "fr"}
     assert all(row["equal_to_vanilla"] == 1.0 for row in results["drafters"].values())
+    # each row names the weights it measured: same file, same hash, the head that was used
+    digest = hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()
+    weights = {label: row["weights"] for label, row in results["drafters"].items()}
+    assert {w["weights_sha256"] for w in weights.values()} == {digest}
+    assert {w["head"]["kind"] for w in weights.values()} == {"routed", "full", "frequency-subset"}
+    assert weights["coral-router"]["head"]["groups"] == 8 and weights["fr"]["head"]["vocab"] == 64
     cycles = [json.loads(line) for line in (out / "cycles.jsonl").read_text().splitlines()]
     for row in cycles:
         assert (len(row["head_union"]) == row["forwards"]) if row["method"] == "coral-router" else not row["head_union"]
-    replay = CliRunner().invoke(main, ["replay", str(out), "--drafter", f"coral-router:{ckpt}@router_k=8"],
+    replay = CliRunner().invoke(main, ["replay", str(out), "--drafter", f"coral-router:{ckpt}@router_k=8", "--threads", "1"],
                                 catch_exceptions=False)
     assert replay.exit_code == 0, replay.output
     # The cost model: routed and subset heads are costed by the head rows they compute (draft_costs.HeadRowCosts).

@@ -59,6 +59,7 @@ class EagleCheckpoint:
     metadata: dict[str, Any]  # the free-form coral_bench section, reserved keys removed
     target_embedding_sha256: str | None  # pairing hash written by coral-bench, if any
     weights_file: str  # the file the tensors came from
+    weights_sha256: str | None = None  # of that file's bytes: which weights a run measured
     extras: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # router.* and vocab.counts, validated
 
     @property
@@ -71,6 +72,14 @@ class EagleCheckpoint:
         model = EagleModel(self.config)
         model.load_state_dict(self.state, strict=True)
         return model.to(device=device, dtype=dtype).eval()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def embedding_sha256(weight: torch.Tensor) -> str:
@@ -241,7 +250,7 @@ def load_checkpoint(
     return EagleCheckpoint(
         path=where, config=config, state=state, embedding=embedding, embed_tokens=embed,
         metadata=metadata, target_embedding_sha256=stored_hash, weights_file=weights.name,
-        extras={k: tensors[k] for k in sorted(extra_keys)},
+        weights_sha256=file_sha256(weights), extras={k: tensors[k] for k in sorted(extra_keys)},
     )
 
 

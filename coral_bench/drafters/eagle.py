@@ -47,6 +47,17 @@ class EagleInfo:
     metadata: dict[str, Any] = field(default_factory=dict)  # the checkpoint's coral_bench section
     seed: int | None = None  # random weights only
     head: dict[str, Any] = field(default_factory=lambda: {"kind": "full"})  # the draft head (DraftHead.describe())
+    weights_sha256: str | None = None  # of the checkpoint's weights file
+
+    def record(self) -> dict[str, Any]:
+        """What a run's results say about these weights: where from, their hash, how they were trained."""
+        from ..provenance import portable_path
+
+        trained = {k: self.metadata[k] for k in ("method", "git_hash") if k in self.metadata}
+        head = {k: v for k, v in self.head.items() if k != "counts" and not isinstance(v, (list, dict))}
+        return {"checkpoint": portable_path(self.checkpoint) if self.checkpoint else None,
+                "weights_sha256": self.weights_sha256, "random_seed": self.seed, "trained": trained or None,
+                "head": head}
 
 
 @dataclass(frozen=True)
@@ -310,7 +321,7 @@ def _build(target: Target, settings: DrafterSettings, routed: bool) -> EagleDraf
         embed = ckpt.embed_tokens.to(device=target.device, dtype=target.dtype)
     head = _routed_head(target, ckpt, options) if routed else _subset_head(target, options, ckpt)
     info = EagleInfo(checkpoint=ckpt.path, embedding=ckpt.embedding, config=ckpt.config, metadata=ckpt.metadata,
-                     head=head.describe() if head else {"kind": "full"})
+                     head=head.describe() if head else {"kind": "full"}, weights_sha256=ckpt.weights_sha256)
     return EagleDrafter(target, model, settings, info, embed_weight=embed, head=head)
 
 

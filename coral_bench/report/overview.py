@@ -137,6 +137,10 @@ def provenance(runs: Sequence[Run]) -> Section:
         s = r.config.get("sampling")
         return ", ".join(f"{k} {_value(v)}" for k, v in s.items()) if isinstance(s, dict) and s else DASH
 
+    def weights(r: Run) -> str:  # which trained weights each drafter ran (results from before: –)
+        known = [f"{d.label} {d.weights_sha256[:12]}" for d in r.drafters if d.weights_sha256]
+        return ", ".join(known) if known else DASH
+
     facts = (
         ("directory", lambda r: r.name),
         ("coral-bench", lambda r: _value(r.provenance.get("coral_bench_version"))),
@@ -154,6 +158,7 @@ def provenance(runs: Sequence[Run]) -> Section:
         ("suite source", lambda r: _value(r.config.get("suite_source"))),
         ("sampling", sampling),
         ("chat template sha256", lambda r: _value(r.provenance.get("chat_template_sha256"))),
+        ("drafter weights sha256", weights),
         ("mean prompt tokens", lambda r: num(r.mean_prompt_tokens, 1)),
         ("results schema", lambda r: str(r.schema_version)),
         ("date", lambda r: _value(r.provenance.get("date"))),

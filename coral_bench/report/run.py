@@ -74,6 +74,7 @@ class MethodResult:
     lm_head_share: float | None
     lm_head_total_share: float | None
     parameters: int | None
+    weights_sha256: str | None = None  # trained drafters: the weights file the run loaded
 
     @property
     def is_oracle(self) -> bool:
@@ -271,7 +272,13 @@ def _method_fields(rec: dict, label: str, kind: str, drafter: str | None) -> Met
         lm_head_share=_opt_float(rec.get("lm_head_share")),
         lm_head_total_share=_opt_float(rec.get("lm_head_total_share")),
         parameters=_opt_int(rec.get("parameters")),
+        weights_sha256=_weights_hash(rec.get("weights")),
     )
+
+
+def _weights_hash(weights: Any) -> str | None:
+    digest = weights.get("weights_sha256") if isinstance(weights, dict) else None
+    return digest if isinstance(digest, str) else None
 
 
 def _read_samples(path: Path) -> tuple[int | None, float | None, dict[str, dict[str, float]]]:
