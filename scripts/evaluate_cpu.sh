@@ -15,7 +15,9 @@ ROUTERS=${ROUTERS:-frequency:8 frequency:16 frequency:32 cluster:8 cluster:16 cl
 FS_SIZES=${FS_SIZES:-1536 3072 6144 12288 24576}  # FR-Spec-style subsets at the head cost of N,k pairs: k*V/N
 THREADS=${THREADS:-2}  # torch threads of the untimed steps
 CB=${CB:-.venv/bin/coral-bench}; PY=${PY:-.venv/bin/python}
-STEPS=${STEPS:-ship runs routers replays}
+# the timed drafters: names run the shipped weights; add LABEL=NAME:CKPT@... specs as you like
+RUN_DRAFTERS=${RUN_DRAFTERS:-eagle2 hass coral oracle}
+STEPS=${STEPS:-ship runs profile routers replays}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 
 if has ship; then
@@ -32,9 +34,17 @@ run_once() {  # OUT, then run options: skip a finished run, resume an interrupte
 }
 
 if has runs; then
+  drafter_args=(); for d in $RUN_DRAFTERS; do drafter_args+=(--drafter "$d"); done
   for s in $SUITES; do
-    run_once "$RUNS/$s" --suite "$s" --limit "$LIMIT" --max-new-tokens "$TOKENS" \
-      --drafter eagle2 --drafter hass --drafter coral --drafter oracle || exit $?
+    run_once "$RUNS/$s" --suite "$s" --limit "$LIMIT" --max-new-tokens "$TOKENS" "${drafter_args[@]}" || exit $?
+  done
+fi
+
+if has profile; then  # latency profile of each run's target and drafters, then the cost model's prediction
+  for s in $SUITES; do
+    [[ -f $RUNS/$s/profile.json ]] && { echo "$RUNS/$s: profiled"; continue; }
+    $CB profile --run "$RUNS/$s" --nodes "${PROFILE_NODES:-1,2,4,8,16,32}" || exit $?
+    $CB estimate-speedup "$RUNS/$s" || exit $?
   done
 fi
 

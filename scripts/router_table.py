@@ -3,10 +3,14 @@ routed checkpoints' held-out recall (``coral-bench train-router``).
 
 One row per replayed drafter: τ at T = 0 (exact, replay), its change against the unrouted reference
 label, the mean |∪ selected groups| per drafter forward and the head rows that implies (|∪| · V / N,
-as a fraction of V), and for routed drafters the partition, N, k and the held-out recall of the
-target's argmax at depths 1…3.
+as a fraction of V; a frequency subset @vocab=S computes S rows, the full head V), and for routed
+drafters the partition, N, k and the held-out recall of the target's argmax at depths 1…3.
 
-    python scripts/router_table.py RUN_DIR [--reference coral] [--vocab 49152]
+``--select LOSS`` applies the selection rule fixed before the sweep: among the routed settings
+whose τ is at most LOSS (a fraction) below the reference's, the fewest head rows per forward
+(ties: the higher τ). Head rows are what the router saves; τ is what it may cost.
+
+    python scripts/router_table.py RUN_DIR [--reference coral] [--vocab 49152] [--select 0.02]
 """
 from __future__ import annotations
 
@@ -35,12 +39,21 @@ def router_of(drafter_arg: str) -> tuple[dict | None, int | None]:
     return router, k
 
 
+def head_rows(drafter_arg: str, union: float | None, groups: int | None, vocab: int) -> float:
+    """Head rows one drafter forward computes, as a fraction of the vocabulary."""
+    if union is not None and groups:
+        return union / groups
+    opts = dict(o.split("=", 1) for o in drafter_arg.split("@")[1:] if "=" in o)
+    return int(opts["vocab"]) / vocab if "vocab" in opts else 1.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--reference", default="coral", help="label of the unrouted drafter τ is compared with")
     ap.add_argument("--vocab", type=int, default=49152)
     ap.add_argument("--args", type=Path, help="JSON {label: drafter argument} (default: RUN/replay-args.json)")
+    ap.add_argument("--select", type=float, metavar="LOSS", help="name the routed setting the rule selects")
     args = ap.parse_args()
     replays = json.loads((args.run / "replays.json").read_text())
     drafter_args = json.loads((args.args or args.run / "replay-args.json").read_text()) \
@@ -49,11 +62,14 @@ def main() -> None:
     print("| drafter | tree | partition | N | k | recall d1/d2/d3 (k) | τ (replay) | Δτ vs "
           f"{args.reference} | mean ∣∪∣ | head rows / V |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    routed = []  # (rows, -τ, label) of routed settings, for --select
     for key, v in sorted(replays.items(), key=lambda kv: kv[0]):
         router, k = router_of(drafter_args.get(v["label"], ""))
         union = mean_union(v)
         groups = (router or {}).get("groups")
-        rows = union * args.vocab / groups / args.vocab if (union is not None and groups) else None
+        rows = head_rows(drafter_args.get(v["label"], ""), union, groups, args.vocab)
+        if router:
+            routed.append((rows, -v["tau_pooled"], v["label"]))
         recall = "–"
         if router and k:
             evals = ((router.get("training") or {}).get("eval") or {}).get("recall", [])
@@ -64,7 +80,11 @@ def main() -> None:
         partition = ((router or {}).get("partition") or {}).get("rule", "–")
         print(f"| {v['label']} | {v['tree']} | {partition} | {groups or '–'} | {k or '–'} | {recall} | "
               f"{tau:.3f} | {delta} | {union if union is None else f'{union:.2f}'} | "
-              f"{'–' if rows is None else f'{rows:.3f}'} |")
+              f"{rows:.3f} |")
+    if args.select is not None and ref:
+        eligible = sorted(r for r in routed if -r[1] >= ref * (1 - args.select))
+        print(f"\nselected (τ within {args.select:.0%} of {args.reference}, fewest head rows): "
+              + (f"{eligible[0][2]} (head rows {eligible[0][0]:.3f} V, τ {-eligible[0][1]:.3f})" if eligible else "none"))
 
 
 if __name__ == "__main__":
