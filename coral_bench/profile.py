@@ -132,7 +132,7 @@ class MethodProfile:
             return None
         f = self.costs.forward
         context = f.first_body.contexts[len(f.first_body.contexts) // 2]
-        return lm_head_shares(f, self.costs.loop.tree_s, self.first_rows, context)
+        return lm_head_shares(f, self.costs.loop.tree_s, self.first_rows, context, self.costs.head_rows)
 
     def to_json(self) -> dict:
         shares = self.shares()

@@ -374,13 +374,24 @@ def _ratio(tok_s: float, t_s: float, tok_v: float, t_v: float) -> float | None:
     return (tok_s / t_s) / (tok_v / t_v)
 
 
-def lm_head_shares(costs: ForwardCosts, tree_s: float, first_rows: float, context: float) -> tuple[float, float]:
+def lm_head_shares(costs: ForwardCosts, tree_s: float, first_rows: float, context: float,
+                   head_rows: HeadRowCosts | None = None) -> tuple[float, float]:
     """(lm_head_share, lm_head_total_share) of one cycle's drafting time (METHODS.md §1): LM-head matmul
     ÷ drafter time per cycle, and the same with log-softmax + top-k. ``first_rows`` = L + 1 of the first
-    forward (1 where no run says otherwise); drafter time = forwards + ``tree_s`` (rerank, bookkeeping)."""
-    body, head, sm = forward_times(costs, first_rows, context)
+    forward (1 where no run says otherwise); drafter time = forwards + ``tree_s`` (rerank, bookkeeping).
+    With ``head_rows`` (a routed or subset head) the head is the rows it computes (routed: at most
+    min(N, w·k) groups per forward, no run's unions here; :func:`run_lm_head_shares` uses them)."""
+    body, head, sm = forward_times(costs, first_rows, context, head_rows)
     draft = body + head + sm + tree_s
     return head / draft, (head + sm) / draft
+
+
+def run_lm_head_shares(per_cycle: StageTimes) -> tuple[float, float] | None:
+    """The same shares over a run's own cycles (the prediction's mean cycle: its widths, first-forward
+    rows and recorded unions of router groups); None for drafters without drafting forwards."""
+    if per_cycle.draft <= 0 or per_cycle.head <= 0:
+        return None
+    return per_cycle.head / per_cycle.draft, (per_cycle.head + per_cycle.softmax_topk) / per_cycle.draft
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,4 +531,7 @@ def write_predictions(results: dict, estimates: Sequence[Estimate], specs: Seque
             entry["speedup_predicted"] = e.prediction.speedup
             entry["speedup_decode_predicted"] = e.prediction.speedup_decode
             entry["speedup_model"] = e.to_json()
+            shares = run_lm_head_shares(e.prediction.per_cycle)
+            if shares is not None:  # over the run's own cycles: supersedes the profile's typical cycle
+                entry["lm_head_share"], entry["lm_head_total_share"] = shares
     return results

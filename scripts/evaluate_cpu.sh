@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DRAFTERS=${DRAFTERS:-$HOME/.cache/coral-bench/drafters/smollm2-135m}
 DATA=${DATA:-$HOME/.cache/coral-bench/data/smollm2-feat-2m}
-RUNS=${RUNS:-reports/runs/drafters-cpu}
+RUNS=${RUNS:-reports/runs/reference-cpu}  # committed runs: use scripts/reference_cpu.sh (a clean hash)
 LIMIT=${LIMIT:-16}; TOKENS=${TOKENS:-128}; SUITES=${SUITES:-mtbench-test humaneval gsm8k}
 ROUTER_SEQ=${ROUTER_SEQ:-600}; ROUTER_DIR=${ROUTER_DIR:-$DRAFTERS}; ROUTER_KS=${ROUTER_KS:-1 2 4}
 ROUTERS=${ROUTERS:-frequency:8 frequency:16 frequency:32 cluster:8 cluster:16 cluster:32 contiguous:8 contiguous:16 contiguous:32}

@@ -54,15 +54,19 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=49152)
     ap.add_argument("--args", type=Path, help="JSON {label: drafter argument} (default: RUN/replay-args.json)")
     ap.add_argument("--select", type=float, metavar="LOSS", help="name the routed setting the rule selects")
+    ap.add_argument("--pivot", action="store_true",
+                    help="compact: one row per partition and N, one column per k (τ · head rows / V)")
     args = ap.parse_args()
     replays = json.loads((args.run / "replays.json").read_text())
     drafter_args = json.loads((args.args or args.run / "replay-args.json").read_text()) \
         if (args.args or args.run / "replay-args.json").is_file() else {}
     ref = next((v["tau_pooled"] for v in replays.values() if v["label"] == args.reference), None)
-    print("| drafter | tree | partition | N | k | recall d1/d2/d3 (k) | τ (replay) | Δτ vs "
-          f"{args.reference} | mean ∣∪∣ | head rows / V |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    if not args.pivot:
+        print("| drafter | tree | partition | N | k | recall d1/d2/d3 (k) | τ (replay) | Δτ vs "
+              f"{args.reference} | mean ∣∪∣ | head rows / V |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
     routed = []  # (rows, -τ, label) of routed settings, for --select
+    cells: dict[tuple[str, int], dict[int, str]] = {}  # --pivot: (partition, N) -> {k: cell}
     for key, v in sorted(replays.items(), key=lambda kv: kv[0]):
         router, k = router_of(drafter_args.get(v["label"], ""))
         union = mean_union(v)
@@ -70,6 +74,10 @@ def main() -> None:
         rows = head_rows(drafter_args.get(v["label"], ""), union, groups, args.vocab)
         if router:
             routed.append((rows, -v["tau_pooled"], v["label"]))
+            cells.setdefault((router["partition"]["rule"], router["groups"]), {})[k] = \
+                f"{v['tau_pooled']:.3f} · {rows:.3f}"
+        elif args.pivot:
+            cells.setdefault((v["label"], 0), {})[0] = f"{v['tau_pooled']:.3f} · {rows:.3f}"
         recall = "–"
         if router and k:
             evals = ((router.get("training") or {}).get("eval") or {}).get("recall", [])
@@ -78,9 +86,23 @@ def main() -> None:
         tau = v["tau_pooled"]
         delta = f"{(tau / ref - 1) * 100:+.1f} %" if (ref and tau) else "–"
         partition = ((router or {}).get("partition") or {}).get("rule", "–")
+        if args.pivot:
+            continue
         print(f"| {v['label']} | {v['tree']} | {partition} | {groups or '–'} | {k or '–'} | {recall} | "
-              f"{tau:.3f} | {delta} | {union if union is None else f'{union:.2f}'} | "
+              f"{tau:.3f} | {delta} | {'–' if union is None else f'{union:.2f}'} | "
               f"{rows:.3f} |")
+    if args.pivot:
+        ks = sorted({k for row in cells.values() for k in row if k})
+        print("| head | " + " | ".join(f"k = {k}: τ · rows/V" for k in ks) + " |")
+        print("|---|" + "---|" * len(ks))
+        def order(item):  # unrouted heads first, largest first; then routed by partition and N
+            (name, n), row = item
+            return (n > 0, name if n else -float(row[0].split(" · ")[1].split()[0]), n)
+
+        for (name, n), row in sorted(cells.items(), key=order):
+            label = f"{name}, N = {n}" if n else name
+            print(f"| {label} | " + (" | ".join(row.get(k, "–") for k in ks) if n else
+                                     f"{row[0]} (no router)" + " |" * (len(ks) - 1)) + " |")
     if args.select is not None and ref:
         eligible = sorted(r for r in routed if -r[1] >= ref * (1 - args.select))
         print(f"\nselected (τ within {args.select:.0%} of {args.reference}, fewest head rows): "

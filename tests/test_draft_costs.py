@@ -116,6 +116,23 @@ def test_routed_head_cost_follows_the_recorded_union_sizes():
     assert HeadRowCosts.from_json(ROUTED.to_json()) == ROUTED
 
 
+def test_lm_head_share_counts_the_rows_a_routed_head_computes():
+    """The share is of the head the drafter runs, not of the full LM head it replaces."""
+    from coral_bench.speedup import StageTimes, lm_head_shares, run_lm_head_shares
+
+    # forwards over 1, 4, 4 rows: body 0 (no predecessor) + 3 + 3; full head 100 + 400 + 400, sm 50 + 200 + 200
+    full, full_total = lm_head_shares(FORWARD, 0.0, None, 0.0)
+    assert full == pytest.approx(900 / (6 + 900 + 450)) and full_total == pytest.approx(1350 / 1356)
+    # routed, no run's unions: min(N, w·k) groups → U = 10, 40, 40: head (0.1 + 1) + 2·(0.4 + 8), sm 0.5 + 2·4
+    share, total = lm_head_shares(FORWARD, 0.0, None, 0.0, ROUTED)
+    head, sm = 0.1 + 1.0 + 2 * 8.4, 0.5 + 8.0
+    assert share == pytest.approx(head / (6 + head + sm)) and total == pytest.approx((head + sm) / (6 + head + sm))
+    assert share < full
+    # over a run's mean cycle
+    assert run_lm_head_shares(StageTimes(body=6.0, head=2.0, softmax_topk=1.0, tree=1.0)) == pytest.approx((0.2, 0.3))
+    assert run_lm_head_shares(StageTimes(tree=1.0)) is None  # model-free drafters have no head
+
+
 def test_head_rows_are_measured_over_row_counts_and_widths(clock):
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(64, 16, generator=gen)

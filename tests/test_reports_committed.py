@@ -44,7 +44,7 @@ def rerendered(tmp_path_factory) -> Path:
 
 def test_manifest_names_existing_reports_and_runs():
     entries = load_manifest(MANIFEST)
-    assert [e.out.name for e in entries] == ["preview-cpu", "drafters-cpu", "router-cpu"]
+    assert [e.out.name for e in entries] == ["preview-cpu", "reference-cpu"]
     assert all((e.out / "report.md").is_file() and (e.out / "report.html").is_file() for e in entries)
     assert all((run / "results.json").is_file() for run in manifest_runs(MANIFEST))
 
@@ -80,12 +80,12 @@ def test_committed_report_numbers_are_the_runs_numbers():
 def test_readme_quotes_the_committed_report_verbatim():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("\n## Reports\n", 1)[1].split("\n## ", 1)[0]
-    assert "reports/preview-cpu/report.html" in section
+    assert "reports/reference-cpu/report.html" in section
     rows = [line for line in section.splitlines() if line.startswith("|")]
     assert len(rows) >= 4, "the README's Reports section has no table"
-    md = (REPORTS / "preview-cpu" / "report.md").read_text(encoding="utf-8")
+    md = (REPORTS / "reference-cpu" / "report.md").read_text(encoding="utf-8")
     for row in rows:
-        assert row in md, f"README row not in reports/preview-cpu/report.md: {row}"
+        assert row in md, f"README row not in reports/reference-cpu/report.md: {row}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,9 @@ def lm_head(runs: Sequence[Run]) -> Section | None:
         return None
     columns = (("run",) if len(runs) > 1 else ()) + ("drafter", "LM-head share", "LM-head total share")
     note = Text("LM-head share: drafter time in the LM-head matmul ÷ drafter time per cycle; total share also "
-                f"counts log-softmax and top-k over the vocabulary. For scale: {FR_SPEC_LM_HEAD}.", "note")
+                "counts log-softmax and top-k over the vocabulary. A routed head counts its router and the rows "
+                "of the selected groups, a frequency subset its rows. From the latency profile, over the run's "
+                f"own cycles once the speedup model has run. For scale: {FR_SPEC_LM_HEAD}.", "note")
     return Section("lm-head", "LM-head share of drafting time", (Table(columns, rows), note))
 
 
