@@ -267,8 +267,9 @@ def replay_run(run_dir: Path, label: str, name: str, checkpoint: str | None, tre
     vanilla = {(s.question_id, s.turn): s for s in rd.read_samples(run_dir) if s.method == VANILLA}
     if not vanilla:
         raise ReplayError(f"{run_dir} holds no vanilla samples to replay against")
-    if threads or config.get("threads"):
-        torch.set_num_threads(int(threads or config["threads"]))
+    threads = threads or config.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
     loaded = loaded or load_target(config["target"], config["dtype"], config["device"])
     sampling = SamplingConfig(**config.get("sampling", {}))
     shape = resolve_tree(config, label, name, tree)

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# After scripts/train_cpu.sh: ship the three drafters, then time them against vanilla on the three
-# suites (an idle machine: --require-idle), then train CORAL's router on the coral drafter and
-# replay the router settings on the development split. Resumable: finished steps are skipped,
-# an interrupted run continues (--resume). Nothing else may run meanwhile (timings).
+# After scripts/train_cpu.sh, in STEPS order (each skipped when done, an interrupted run resumed):
+#   ship      copy the three drafters into coral_bench/assets (scripts/ship_drafter.py)
+#   runs      time RUN_DRAFTERS against vanilla on SUITES (--require-idle: nothing else may run)
+#   profile   latency profile of each run, then the cost model's prediction (timed too)
+#   routers   train CORAL's router on the coral drafter for each RULE:N of ROUTERS (untimed)
+#   replays   replay coral, each router at each k and the equal-cost frequency subsets on the
+#             development split (untimed), then print the sweep table
+# The untimed steps may share the machine (THREADS=1 beside training). Committed reference runs
+# come from scripts/reference_cpu.sh (a clean worktree), which calls this script.
 #   DRAFTERS=~/.cache/coral-bench/drafters/smollm2-135m-1ep bash scripts/evaluate_cpu.sh
+#   STEPS="routers replays" THREADS=1 ROUTER_DIR=DIR DEV=RUN bash scripts/evaluate_cpu.sh  # the sweep
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRAFTERS=${DRAFTERS:-$HOME/.cache/coral-bench/drafters/smollm2-135m}
@@ -71,6 +77,15 @@ if has replays; then
   done
   if [[ -n $counts ]]; then for v in $FS_SIZES; do specs+=("fs-$v=coral:$counts@vocab=$v"); done; fi
   specs+=(${EXTRA_REPLAYS:-})  # e.g. chains: "coral-c3=coral:DIR/coral@tree=chain:3"
+  # the label → drafter map first, so that the table can read a sweep cut short
+  $PY - "$DEV/replay-args.json" "${specs[@]}" <<'PYEOF'
+import json, sys
+from pathlib import Path
+path, specs = Path(sys.argv[1]), sys.argv[2:]
+known = json.loads(path.read_text()) if path.exists() else {}
+known.update({s.split("=", 1)[0]: s for s in specs})
+path.write_text(json.dumps(known, indent=1))
+PYEOF
   done_labels=$($PY -c 'import json,sys; print(" ".join(v["label"] for v in json.load(open(sys.argv[1])).values()))' \
     "$DEV/replays.json" 2>/dev/null)
   for d in "${specs[@]}"; do
@@ -78,12 +93,5 @@ if has replays; then
     [[ -z ${FORCE:-} && " $done_labels " == *" ${d%%=*} "* ]] && { echo "${d%%=*}: replayed"; continue; }
     $CB replay "$DEV" --drafter "$d" --threads "$THREADS" || exit $?
   done
-  $PY - "$DEV/replay-args.json" "${specs[@]}" <<'PYEOF'
-import json, sys
-path, specs = sys.argv[1], sys.argv[2:]
-old = json.load(open(path)) if __import__("os").path.exists(path) else {}
-old.update({s.split("=", 1)[0]: s for s in specs})
-json.dump(old, open(path, "w"), indent=1)
-PYEOF
   $PY scripts/router_table.py "$DEV"
 fi

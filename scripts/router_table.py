@@ -6,16 +6,21 @@ label, the mean |∪ selected groups| per drafter forward and the head rows that
 as a fraction of V; a frequency subset @vocab=S computes S rows, the full head V), and for routed
 drafters the partition, N, k and the held-out recall of the target's argmax at depths 1…3.
 
+``--timed`` reads a timed run instead (``coral-bench run``): the measured |∪| per drafter forward of
+each routed drafter, from its cycles.jsonl.
+
 ``--select LOSS`` applies the selection rule fixed before the sweep: among the routed settings
 whose τ is at most LOSS (a fraction) below the reference's, the fewest head rows per forward
 (ties: the higher τ). Head rows are what the router saves; τ is what it may cost.
 
-    python scripts/router_table.py RUN_DIR [--reference coral] [--vocab 49152] [--select 0.02]
+    python scripts/router_table.py RUN_DIR [--reference coral] [--vocab 49152] [--select 0.02] [--pivot]
+    python scripts/router_table.py RUN_DIR --timed
 """
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -47,6 +52,79 @@ def head_rows(drafter_arg: str, union: float | None, groups: int | None, vocab: 
     return int(opts["vocab"]) / vocab if "vocab" in opts else 1.0
 
 
+@dataclass(frozen=True)
+class Row:
+    """One replayed drafter: τ, and what its head costs (rows per forward / V)."""
+
+    label: str
+    tree: str
+    tau: float
+    rows: float
+    union: float | None  # mean |∪ selected groups| (routed heads only)
+    router: dict | None  # the checkpoint's router section (routed heads only)
+    k: int | None
+
+    def recall(self) -> str:
+        evals = ((self.router or {}).get("training") or {}).get("eval") or {}
+        hit = next((r for r in evals.get("recall", []) if r["k"] == self.k), None)
+        return "/".join(f"{x:.3f}" for x in hit["target_argmax"]) if hit else "–"
+
+
+def replayed_rows(run: Path, drafter_args: dict, vocab: int) -> list[Row]:
+    replays = json.loads((run / "replays.json").read_text())
+    rows = []
+    for _, v in sorted(replays.items()):
+        arg = drafter_args.get(v["label"], "")
+        router, k = router_of(arg)
+        union = mean_union(v)
+        rows.append(Row(v["label"], v["tree"], v["tau_pooled"],
+                        head_rows(arg, union, (router or {}).get("groups"), vocab), union, router, k))
+    return rows
+
+
+def print_table(rows: list[Row], ref: float | None, reference: str) -> None:
+    print(f"| drafter | tree | partition | N | k | recall d1/d2/d3 (k) | τ (replay) | Δτ vs {reference} | "
+          "mean ∣∪∣ | head rows / V |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        rule = r.router["partition"]["rule"] if r.router else "–"
+        groups = r.router["groups"] if r.router else "–"
+        delta = f"{(r.tau / ref - 1) * 100:+.1f} %" if ref else "–"
+        union = "–" if r.union is None else f"{r.union:.2f}"
+        print(f"| {r.label} | {r.tree} | {rule} | {groups} | {r.k or '–'} | {r.recall()} | {r.tau:.3f} | {delta} | "
+              f"{union} | {r.rows:.3f} |")
+
+
+def print_pivot(rows: list[Row]) -> None:
+    """Unrouted heads first (largest first), then one row per partition and N with a column per k."""
+    ks = sorted({r.k for r in rows if r.router})
+    print("| head | " + " | ".join(f"k = {k}: τ · rows/V" for k in ks) + " |")
+    print("|---|" + "---|" * len(ks))
+    for r in sorted((r for r in rows if not r.router), key=lambda r: -r.rows):
+        print(f"| {r.label} | {r.tau:.3f} · {r.rows:.3f} (no router) |" + " |" * (len(ks) - 1))
+    grid: dict[tuple[str, int], dict[int, Row]] = {}
+    for r in rows:
+        if r.router:
+            grid.setdefault((r.router["partition"]["rule"], r.router["groups"]), {})[r.k] = r
+    for (rule, n), by_k in sorted(grid.items()):
+        cells = (f"{by_k[k].tau:.3f} · {by_k[k].rows:.3f}" if k in by_k else "–" for k in ks)
+        print(f"| {rule}, N = {n} | " + " | ".join(cells) + " |")
+
+
+def print_timed(run: Path) -> None:
+    """Measured |∪ selected groups| per drafter forward of each routed drafter of a timed run."""
+    sizes: dict[str, list[int]] = {}
+    with open(run / "cycles.jsonl") as f:
+        for line in f:
+            row = json.loads(line)
+            if row.get("head_union"):
+                sizes.setdefault(row["method"], []).extend(row["head_union"])
+    print("| drafter | forwards | mean ∣∪∣ | max ∣∪∣ |")
+    print("|---|---|---|---|")
+    for label, u in sorted(sizes.items()):
+        print(f"| {label} | {len(u)} | {sum(u) / len(u):.3f} | {max(u)} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
@@ -56,55 +134,21 @@ def main() -> None:
     ap.add_argument("--select", type=float, metavar="LOSS", help="name the routed setting the rule selects")
     ap.add_argument("--pivot", action="store_true",
                     help="compact: one row per partition and N, one column per k (τ · head rows / V)")
+    ap.add_argument("--timed", action="store_true", help="RUN is a timed run: measured |∪| per routed drafter")
     args = ap.parse_args()
-    replays = json.loads((args.run / "replays.json").read_text())
-    drafter_args = json.loads((args.args or args.run / "replay-args.json").read_text()) \
-        if (args.args or args.run / "replay-args.json").is_file() else {}
-    ref = next((v["tau_pooled"] for v in replays.values() if v["label"] == args.reference), None)
-    if not args.pivot:
-        print("| drafter | tree | partition | N | k | recall d1/d2/d3 (k) | τ (replay) | Δτ vs "
-              f"{args.reference} | mean ∣∪∣ | head rows / V |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-    routed = []  # (rows, -τ, label) of routed settings, for --select
-    cells: dict[tuple[str, int], dict[int, str]] = {}  # --pivot: (partition, N) -> {k: cell}
-    for key, v in sorted(replays.items(), key=lambda kv: kv[0]):
-        router, k = router_of(drafter_args.get(v["label"], ""))
-        union = mean_union(v)
-        groups = (router or {}).get("groups")
-        rows = head_rows(drafter_args.get(v["label"], ""), union, groups, args.vocab)
-        if router:
-            routed.append((rows, -v["tau_pooled"], v["label"]))
-            cells.setdefault((router["partition"]["rule"], router["groups"]), {})[k] = \
-                f"{v['tau_pooled']:.3f} · {rows:.3f}"
-        elif args.pivot:
-            cells.setdefault((v["label"], 0), {})[0] = f"{v['tau_pooled']:.3f} · {rows:.3f}"
-        recall = "–"
-        if router and k:
-            evals = ((router.get("training") or {}).get("eval") or {}).get("recall", [])
-            hit = next((r for r in evals if r["k"] == k), None)
-            recall = "/".join(f"{x:.3f}" for x in hit["target_argmax"]) if hit else "–"
-        tau = v["tau_pooled"]
-        delta = f"{(tau / ref - 1) * 100:+.1f} %" if (ref and tau) else "–"
-        partition = ((router or {}).get("partition") or {}).get("rule", "–")
-        if args.pivot:
-            continue
-        print(f"| {v['label']} | {v['tree']} | {partition} | {groups or '–'} | {k or '–'} | {recall} | "
-              f"{tau:.3f} | {delta} | {'–' if union is None else f'{union:.2f}'} | "
-              f"{rows:.3f} |")
+    if args.timed:
+        print_timed(args.run)
+        return
+    args_file = args.args or args.run / "replay-args.json"
+    drafter_args = json.loads(args_file.read_text()) if args_file.is_file() else {}
+    rows = replayed_rows(args.run, drafter_args, args.vocab)
+    ref = next((r.tau for r in rows if r.label == args.reference), None)
     if args.pivot:
-        ks = sorted({k for row in cells.values() for k in row if k})
-        print("| head | " + " | ".join(f"k = {k}: τ · rows/V" for k in ks) + " |")
-        print("|---|" + "---|" * len(ks))
-        def order(item):  # unrouted heads first, largest first; then routed by partition and N
-            (name, n), row = item
-            return (n > 0, name if n else -float(row[0].split(" · ")[1].split()[0]), n)
-
-        for (name, n), row in sorted(cells.items(), key=order):
-            label = f"{name}, N = {n}" if n else name
-            print(f"| {label} | " + (" | ".join(row.get(k, "–") for k in ks) if n else
-                                     f"{row[0]} (no router)" + " |" * (len(ks) - 1)) + " |")
+        print_pivot(rows)
+    else:
+        print_table(rows, ref, args.reference)
     if args.select is not None and ref:
-        eligible = sorted(r for r in routed if -r[1] >= ref * (1 - args.select))
+        eligible = sorted((r.rows, -r.tau, r.label) for r in rows if r.router and r.tau >= ref * (1 - args.select))
         print(f"\nselected (τ within {args.select:.0%} of {args.reference}, fewest head rows): "
               + (f"{eligible[0][2]} (head rows {eligible[0][0]:.3f} V, τ {-eligible[0][1]:.3f})" if eligible else "none"))
 

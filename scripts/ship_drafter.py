@@ -12,7 +12,6 @@ An existing shipped drafter of that name is replaced only with ``--replace``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import shutil
@@ -24,10 +23,6 @@ FILES = ("config.json", "model.safetensors")
 LOGS = ("train-log.jsonl", "router-log.jsonl")
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -37,7 +32,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from coral_bench import provenance
-    from coral_bench.drafters.checkpoint import CheckpointError, load_checkpoint
+    from coral_bench.drafters.checkpoint import CheckpointError, file_sha256, load_checkpoint
     from coral_bench.drafters.shipped import assets_root
     from coral_bench.loading import load_target
 
@@ -81,7 +76,7 @@ def main(argv: list[str]) -> int:
         "trained_at_git_hash": ckpt.metadata.get("git_hash"),
         "router": bool(ckpt.router),
         "path_rewrites": "the repository prefix dropped, the home folder written ~ (in the JSON files)",
-        "sha256": {name: sha256(tmp / name) for name in shipped},
+        "sha256": {name: file_sha256(tmp / name) for name in shipped},
     }
     (tmp / "SHIPPED.json").write_text(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(dest, ignore_errors=True)

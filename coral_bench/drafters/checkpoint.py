@@ -75,6 +75,7 @@ class EagleCheckpoint:
 
 
 def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in blocks (shipped and measured weights are named by it)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
