@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny float64 targets built from a config in milliseconds (never a download)."""
+"""Shared fixtures: tiny float64 targets built from a config in milliseconds (never a download),
+and the repository's scripts loaded as modules."""
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +30,17 @@ def target64(model64):
 @pytest.fixture
 def clock():
     return Clock(torch.device("cpu"))
+
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def load_script(name: str):
+    """scripts/NAME.py as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # Tiny models gain nothing from threads, and a busy machine makes multi-threaded tiny ops very slow.

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from coral_bench.drafters.eagle import training_summary
 from coral_bench.report import ReportError, load_run, write_report
 from coral_bench.report.blocks import Table, markdown_table
 from coral_bench.report.model import tv_points
@@ -56,10 +57,41 @@ def _future_run(dst: Path) -> Path:
             entry["lm_head_share"] = 0.3 + 0.1 * i
             entry["lm_head_total_share"] = 0.45 + 0.1 * i
             entry["weights"] = {"checkpoint": f"drafters/{i}", "weights_sha256": f"{i}" * 64}
+        first = next(iter(data["drafters"].values()))
+        first["weights"]["trained"] = training_summary(TRAINED_CORAL)
         data["profile"] = {"t_v": [{"nodes": n, "seconds": 0.010 + 0.001 * n, "context": 256} for n in (1, 4, 8, 16)]}
 
     _edit_results(run, edit)
     return run
+
+
+# The coral_bench section of a checkpoint written by `coral-bench train` (and `train-router`), abridged.
+TRAINED_CORAL = {
+    "method": "coral", "git_hash": "abc123",
+    "budget": {"epochs": 3, "optimizer_steps": 1039, "tokens": 8006073, "wall_time_s": 7200.0, "complete": True},
+    "eval": {"accuracy": [0.65, 0.52, 0.44], "loss": 9.1},
+    "loss": {"distill_weight": 1.0, "distill_k": 10, "step_decay": 1.0, "csra_weight": 0.5, "csra_temperature": 0.2,
+             "csra_anchor": "symmetric", "regression_weight": 1.0},
+    "settings": {"steps": 3, "history": "keep-real", "lr": 0.001},
+    "router": {"training": {"budget": {"optimizer_steps": 43, "rows": 192129, "wall_time_s": 360.0}}},
+}
+
+
+def test_training_section_lists_each_trained_drafter(tmp_path):
+    run = _future_run(tmp_path / "future")
+    md = write_report([run], tmp_path / "out").markdown.read_text()
+    section = md.split("## How the drafters were trained")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")][2:]  # below header and rule
+    assert len(rows) == 1  # only the first drafter has a training record
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[1:] == ["coral", "3", "3", "1039", "8,006,073", "2.00", "0.650 / 0.520 / 0.440",
+                         "top-K 10, step decay 1.0, λ 0.5, τ_c 0.2, anchor symmetric, history keep-real",
+                         "43 steps, 0.10 h", "yes", "0" * 12]
+    assert section.count("| 0.0") == 0 and "regression" not in section  # untuned settings stay out
+
+
+def test_training_summary_of_an_untrained_checkpoint_is_none():
+    assert training_summary({}) is None
 
 
 def _golden(name: str, text: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,16 +13,13 @@ from coral_bench.drafters.eagle_model import EagleModel
 from coral_bench.drafters.shipped import ASSETS_ENV, shipped_checkpoint
 from coral_bench.loading import load_target
 from coral_bench.train.loop import drafter_config
+from conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "ship_drafter.py"
 
 
 @pytest.fixture(scope="module")
 def ship():
-    spec = importlib.util.spec_from_file_location("ship_drafter", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("ship_drafter").main
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from coral_bench.drafters.base import DraftContext, DrafterSettings
 from coral_bench.drafters.checkpoint import embedding_sha256, load_checkpoint
-from coral_bench.drafters.eagle import EagleDrafter, EagleInfo
+from coral_bench.drafters.eagle import EagleDrafter, EagleInfo, training_summary
 from coral_bench.drafters.eagle_model import EagleModel
 from coral_bench.target import Target, TargetOutput
 from coral_bench.train.batching import TrainBatch, collate, plan_epoch, shard, slot_count
@@ -426,6 +426,11 @@ def test_cli_train(store_dir, tmp_path):
     meta = json.loads((out / "config.json").read_text())["coral_bench"]
     assert meta["loss"]["csra_weight"] == 0.2 and meta["loss"]["csra_anchor"] == "step1-stopgrad"
     assert meta["multistep"]["steps"] == 3 and meta["command"].startswith("coral-bench")
+    # what every run that loads these weights records about them (the report's training section)
+    summary = training_summary(meta)
+    assert summary["method"] == "coral" and summary["steps"] == 3 and summary["epochs"] == 1
+    assert summary["optimizer_steps"] >= 1 and summary["tokens"] > 0 and summary["complete"] is True
+    assert len(summary["heldout_top1"]) == 3 and summary["loss"]["csra_anchor"] == "step1-stopgrad"
     bad = CliRunner().invoke(main, ["train", "--method", "eagle2", "--data", str(tmp_path / "none"), "--out",
                                     str(tmp_path / "x"), "--target", "tiny-random"])
     assert bad.exit_code == 2 and "Traceback" not in bad.output

@@ -53,11 +53,35 @@ class EagleInfo:
         """What a run's results say about these weights: where from, their hash, how they were trained."""
         from ..provenance import portable_path
 
-        trained = {k: self.metadata[k] for k in ("method", "git_hash") if k in self.metadata}
         head = {k: v for k, v in self.head.items() if k != "counts" and not isinstance(v, (list, dict))}
         return {"checkpoint": portable_path(self.checkpoint) if self.checkpoint else None,
-                "weights_sha256": self.weights_sha256, "random_seed": self.seed, "trained": trained or None,
-                "head": head}
+                "weights_sha256": self.weights_sha256, "random_seed": self.seed,
+                "trained": training_summary(self.metadata), "head": head}
+
+
+# The loss settings the tuning sweep varies (scripts/sweep-trials.txt): a report shows them per drafter.
+TUNED_LOSS_SETTINGS = ("distill_weight", "distill_k", "step_decay", "csra_weight", "csra_temperature", "csra_anchor")
+
+
+def training_summary(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The facts of a checkpoint's ``coral_bench`` section that results carry: method, budget, held-out
+    top-1 by depth, the tuned loss settings and, for a routed drafter, the router's own budget
+    (``None`` for a checkpoint not written by ``coral-bench train``)."""
+    if not metadata:
+        return None
+    budget, loss = metadata.get("budget") or {}, metadata.get("loss") or {}
+    out: dict[str, Any] = {k: metadata[k] for k in ("method", "git_hash") if k in metadata}
+    out |= {k: budget[k] for k in ("epochs", "optimizer_steps", "tokens", "wall_time_s", "complete") if k in budget}
+    if accuracy := (metadata.get("eval") or {}).get("accuracy"):
+        out["heldout_top1"] = list(accuracy)
+    if tuned := {k: loss[k] for k in TUNED_LOSS_SETTINGS if k in loss}:
+        out["loss"] = tuned
+    settings = metadata.get("settings") or {}
+    out |= {k: settings[k] for k in ("steps", "history") if k in settings}
+    router_budget = ((metadata.get("router") or {}).get("training") or {}).get("budget")
+    if router_budget:
+        out["router"] = dict(router_budget)
+    return out or None
 
 
 @dataclass(frozen=True)

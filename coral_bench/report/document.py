@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import figures as fg
-from . import measured, model, overview
+from . import measured, model, overview, training
 from .blocks import FIGURES_DIR, Figure, Section, inline_html, section_html, section_markdown
 from .run import Run, load_runs
 
@@ -60,6 +60,7 @@ def build_report(runs: Sequence[Run]) -> Report:
         model.lm_head(runs),
         model.predicted(runs, colours),
         model.verification_cost(runs),
+        training.training(runs),
         overview.published(),
         overview.missing(runs),
     )

@@ -38,6 +38,25 @@ class Group:
 
 
 @dataclass(frozen=True)
+class DrafterTraining:
+    """How a trained drafter's weights were made: ``weights.trained`` in results.json
+    (``drafters.eagle.training_summary`` of its checkpoint)."""
+
+    method: str
+    steps: int | None  # unroll steps per slot: drafter forwards per training token
+    epochs: float | None
+    optimizer_steps: int | None
+    tokens: int | None  # training slots (response tokens) summed over epochs
+    wall_time_s: float | None
+    complete: bool
+    heldout_top1: tuple[float, ...]  # by depth
+    loss: tuple[tuple[str, Any], ...]  # the tuned loss settings, sorted by name
+    history: str | None
+    router_steps: int | None  # routed drafters: the router's own training
+    router_wall_time_s: float | None
+
+
+@dataclass(frozen=True)
 class MethodResult:
     """One method's record (baseline, drafter or peer), as results.json holds it (stats.MethodSummary)."""
 
@@ -75,6 +94,7 @@ class MethodResult:
     lm_head_total_share: float | None
     parameters: int | None
     weights_sha256: str | None = None  # trained drafters: the weights file the run loaded
+    training: DrafterTraining | None = None  # trained drafters: how (results from before: None)
 
     @property
     def is_oracle(self) -> bool:
@@ -273,7 +293,23 @@ def _method_fields(rec: dict, label: str, kind: str, drafter: str | None) -> Met
         lm_head_total_share=_opt_float(rec.get("lm_head_total_share")),
         parameters=_opt_int(rec.get("parameters")),
         weights_sha256=_weights_hash(rec.get("weights")),
+        training=_training(rec.get("weights")),
     )
+
+
+def _training(weights: Any) -> DrafterTraining | None:
+    t = weights.get("trained") if isinstance(weights, dict) else None
+    if not isinstance(t, dict) or "epochs" not in t:  # results from before recorded only method and git hash
+        return None
+    router = t.get("router") if isinstance(t.get("router"), dict) else {}
+    loss = t.get("loss") if isinstance(t.get("loss"), dict) else {}
+    return DrafterTraining(
+        method=str(t.get("method", "?")), steps=_opt_int(t.get("steps")), epochs=_opt_float(t.get("epochs")),
+        optimizer_steps=_opt_int(t.get("optimizer_steps")), tokens=_opt_int(t.get("tokens")),
+        wall_time_s=_opt_float(t.get("wall_time_s")), complete=bool(t.get("complete", True)),
+        heldout_top1=tuple(float(a) for a in t.get("heldout_top1") or ()), loss=tuple(sorted(loss.items())),
+        history=t.get("history"), router_steps=_opt_int(router.get("optimizer_steps")),
+        router_wall_time_s=_opt_float(router.get("wall_time_s")))
 
 
 def _weights_hash(weights: Any) -> str | None:
