@@ -39,7 +39,7 @@ from .target import Target, TargetOutput
 from .tree import DraftTree, TreeShape, Verdict
 from .verify import expected_accepted
 
-REPLAYS = "replays.json"
+REPLAYS = rd.REPLAYS
 ORACLES = ("oracle", "noisy-oracle")  # drafters that read the greedy reference
 
 

@@ -30,6 +30,7 @@ CONFIG = "config.json"
 SAMPLES = "samples.jsonl"
 CYCLES = "cycles.jsonl"
 RESULTS = "results.json"
+REPLAYS = "replays.json"  # coral-bench replay: τ of other drafter settings along vanilla's output
 SESSIONS = "sessions.jsonl"  # start and end of each invocation (first run, each resume): when, load, samples
 # Test-only fault injection: crash in the middle of writing the N-th sample line (resume test).
 CRASH_MID_LINE_ENV = "CORAL_BENCH_TEST_CRASH_MID_LINE"

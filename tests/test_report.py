@@ -94,6 +94,42 @@ def test_training_summary_of_an_untrained_checkpoint_is_none():
     assert training_summary({}) is None
 
 
+def _replay(label: str, tree: str, emitted: dict[str, list[list[int]]]) -> dict:
+    """A replays.json entry (coral-bench replay): per question, one emitted-per-cycle list per turn."""
+    samples = [{"question_id": q, "turn": t, "emitted": e, "accepted": [x - 1 for x in e]}
+               for q, turns in emitted.items() for t, e in enumerate(turns)]
+    cycles = sum(len(s["emitted"]) for s in samples)
+    return {"label": label, "drafter": "eagle2", "tree": tree, "temperature": 0.0, "cycles": cycles,
+            "tau_pooled": sum(sum(s["emitted"]) for s in samples) / cycles, "samples": samples}
+
+
+def test_replays_get_their_table_and_paired_differences(tmp_path):
+    run = _copy(ONE, tmp_path / "run")
+    chain = "chain:3"
+    replays = {f"a@tree={chain}": _replay("a", chain, {"1": [[2, 2], [4]], "2": [[1, 3]]}),
+               f"b@tree={chain}": _replay("b", chain, {"1": [[1, 1], [1]], "2": [[1, 1]]}),
+               "c@tree=chain:5": _replay("c", "chain:5", {"1": [[3]]})}
+    (run / "replays.json").write_text(json.dumps(replays))
+    md = write_report([run], tmp_path / "out").markdown.read_text()
+    section = md.split("## Replayed acceptance (T = 0, untimed)")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("|") and not line.startswith("| -")]
+    # a: question 1 pools (2 + 2 + 4) / 3 cycles, question 2 (1 + 3) / 2; pooled over all: 12 / 5
+    assert ["a", "eagle2", "chain:3", "3", "5", "2.400", "2.33"] in rows
+    # b − a per question: (1 − 8/3) and (1 − 2), mean −4/3; two questions, so a CI and a verdict
+    paired = [r for r in rows if r[0] == "chain:3"]
+    assert len(paired) == 1 and paired[0][1:6] == ["b", "a", "1.00", "2.33", "-1.333"]
+    assert paired[0][-1] == "b < a"
+    assert not any(r[0] == "chain:5" for r in rows)  # c is alone in its tree: nothing to pair with
+
+
+def test_corrupt_replays_is_one_clear_error(tmp_path):
+    run = _copy(ONE, tmp_path / "run")
+    (run / "replays.json").write_text('{"x": {"label": 1}}')
+    with pytest.raises(ReportError, match="replays.json is not a coral-bench replays file"):
+        load_run(run)
+
+
 def _golden(name: str, text: str) -> None:
     path = GOLDEN / name
     if UPDATE:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import figures as fg
-from . import measured, model, overview, training
+from . import measured, model, overview, replays, training
 from .blocks import FIGURES_DIR, Figure, Section, inline_html, section_html, section_markdown
 from .run import Run, load_runs
 
@@ -56,6 +56,7 @@ def build_report(runs: Sequence[Run]) -> Report:
         measured.turns(runs),
         measured.acceptance(runs, colours),
         measured.paired_tau(runs),
+        replays.replayed(runs),
         measured.time_split(runs),
         model.lm_head(runs),
         model.predicted(runs, colours),

@@ -202,7 +202,7 @@ PAIRED_SEED = 0  # fixed, so that a re-render draws the same bootstrap resamples
 PAIRED_RESAMPLES = 2000
 
 
-def _paired_row(a: str, b: str, taus: Mapping[str, Mapping[str, float]]) -> tuple[str, ...]:
+def paired_row(a: str, b: str, taus: Mapping[str, Mapping[str, float]]) -> tuple[str, ...]:
     """Drafter a against drafter b: their τ over the questions both have, a − b with its CI, the verdict."""
     tau_a, tau_b = taus.get(a, {}), taus.get(b, {})
     common = sorted(tau_a.keys() & tau_b.keys())
@@ -222,7 +222,7 @@ def paired_tau(runs: Sequence[Run]) -> Section | None:
     """Every later drafter against every earlier one of the same run, question by question; None
     when no run with samples.jsonl has two drafters."""
     multi = len(runs) > 1
-    rows = tuple(((run.label,) if multi else ()) + _paired_row(a.label, b.label, run.question_taus)
+    rows = tuple(((run.label,) if multi else ()) + paired_row(a.label, b.label, run.question_taus)
                  for run in runs if run.samples_lines is not None
                  for i, a in enumerate(run.drafters) for b in run.drafters[:i])
     if not rows:

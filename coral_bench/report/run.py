@@ -130,6 +130,21 @@ class CycleSplit:
 
 
 @dataclass(frozen=True)
+class ReplayedTau:
+    """One entry of replays.json (``coral-bench replay``): τ at T = 0 of a drafter setting along the
+    run's vanilla output, untimed."""
+
+    key: str  # LABEL@tree=SHAPE
+    label: str
+    drafter: str
+    tree: str
+    samples: int
+    cycles: int
+    tau_pooled: float | None
+    question_taus: Mapping[str, float]  # question id → pooled τ over its turns (HASS convention)
+
+
+@dataclass(frozen=True)
 class Run:
     """One run directory, loaded. ``label`` ("A", "B", …) names it in tables and figures."""
 
@@ -148,6 +163,7 @@ class Run:
     mean_prompt_tokens: float | None
     profile: Mapping[str, Any] | None
     question_taus: Mapping[str, Mapping[str, float]]  # method label → question id → pooled τ; {} without samples
+    replays: tuple[ReplayedTau, ...] = ()  # replays.json, in file order; () without it
 
     @property
     def name(self) -> str:
@@ -222,7 +238,8 @@ def load_run(path: Path, label: str = "A") -> Run:
                vanilla_over_hf=_opt_float(data["baseline"].get("vanilla_over_hf_vanilla")),
                splits=_read_cycles(path) if has_cycles else (), has_cycles=has_cycles,
                samples_lines=samples_lines, mean_prompt_tokens=prompt_mean,
-               profile=profile if isinstance(profile, dict) else None, question_taus=taus)
+               profile=profile if isinstance(profile, dict) else None, question_taus=taus,
+               replays=_read_replays(path))
 
 
 def load_runs(paths: list[Path]) -> tuple[Run, ...]:
@@ -315,6 +332,28 @@ def _training(weights: Any) -> DrafterTraining | None:
 def _weights_hash(weights: Any) -> str | None:
     digest = weights.get("weights_sha256") if isinstance(weights, dict) else None
     return digest if isinstance(digest, str) else None
+
+
+def _read_replays(path: Path) -> tuple[ReplayedTau, ...]:
+    file = path / rd.REPLAYS
+    if not file.exists():
+        return ()
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        out = []
+        for key, entry in data.items():
+            emitted: dict[str, int] = defaultdict(int)
+            cycles: dict[str, int] = defaultdict(int)
+            for sample in entry["samples"]:
+                emitted[str(sample["question_id"])] += sum(sample["emitted"])
+                cycles[str(sample["question_id"])] += len(sample["emitted"])
+            out.append(ReplayedTau(key=key, label=str(entry["label"]), drafter=str(entry["drafter"]),
+                                   tree=str(entry["tree"]), samples=len(entry["samples"]),
+                                   cycles=int(entry["cycles"]), tau_pooled=_opt_float(entry.get("tau_pooled")),
+                                   question_taus={q: emitted[q] / cycles[q] for q in emitted if cycles[q]}))
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ReportError(f"{file} is not a coral-bench replays file ({type(exc).__name__}: {exc})") from None
+    return tuple(out)
 
 
 def _read_samples(path: Path) -> tuple[int | None, float | None, dict[str, dict[str, float]]]:
