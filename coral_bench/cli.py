@@ -696,7 +696,7 @@ def replay_command(run_dir, drafter, tree, threads):
             bar.update(task, completed=done, total=total)
 
         result = replay_run(run_dir, spec.label, spec.name, spec.checkpoint, tree or spec.tree,
-                            progress=progress, threads=threads)
+                            progress=progress, threads=threads, command=shlex.join(["coral-bench", *sys.argv[1:]]))
     path = save_replay(run_dir, result)
     measured = json.loads((run_dir / "results.json").read_text()).get("drafters", {}).get(spec.label, {})
     same = measured.get("tree") == result.tree.describe()

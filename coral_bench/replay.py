@@ -18,18 +18,21 @@ Prompts are re-rendered from the suite with vanilla's earlier-turn answers, as `
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from . import results as rd
 from .chat import render
 from .drafters.base import DraftContext, Drafter, DrafterSettings
+from .drafters.eagle import EagleInfo
 from .drafters.registry import DRAFTERS, build_drafter
 from .loading import LoadedTarget, load_target
+from .provenance import git_hash
 from .records import SampleRecord
 from .reference import GreedyReference
 from .sampling import SamplingConfig
@@ -81,6 +84,9 @@ class ReplayResult:
     tree: TreeShape
     temperature: float
     samples: tuple[ReplaySample, ...]
+    # the drafter's weights (EagleInfo.record(): checkpoint, sha256, how trained), git hash, date,
+    # threads and command of this replay: a replay may come long after the run it extends
+    provenance: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def cycles(self) -> int:
@@ -112,7 +118,8 @@ class ReplayResult:
                              "nodes": [c.nodes for c in s.cycles], "accepted": [c.accepted for c in s.cycles],
                              "emitted": [c.emitted for c in s.cycles],
                              "expected_accepted": [c.expected_accepted for c in s.cycles],
-                             "head_union": [list(c.head_union) for c in s.cycles]} for s in self.samples]}
+                             "head_union": [list(c.head_union) for c in s.cycles]} for s in self.samples],
+                **({"provenance": dict(self.provenance)} if self.provenance else {})}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,10 +266,12 @@ def resolve_tree(config: dict, label: str, name: str, tree: TreeShape | None) ->
 
 def replay_run(run_dir: Path, label: str, name: str, checkpoint: str | None, tree: TreeShape | None = None,
                loaded: LoadedTarget | None = None,
-               progress: Callable[[int, int], None] | None = None, threads: int | None = None) -> ReplayResult:
+               progress: Callable[[int, int], None] | None = None, threads: int | None = None,
+               command: str | None = None) -> ReplayResult:
     """Replay drafter ``name`` (result key ``label``) over every vanilla sample of the run in ``run_dir``.
 
-    ``threads`` overrides the run's torch thread count (replay measures no time, so it may share cores)."""
+    ``threads`` overrides the run's torch thread count (replay measures no time, so it may share cores);
+    ``command`` is recorded with the result."""
     config = json.loads((run_dir / rd.CONFIG).read_text())
     vanilla = {(s.question_id, s.turn): s for s in rd.read_samples(run_dir) if s.method == VANILLA}
     if not vanilla:
@@ -282,7 +291,11 @@ def replay_run(run_dir: Path, label: str, name: str, checkpoint: str | None, tre
         samples.append(_replay_one(loaded, suite, vanilla, key, drafter, name, sampling))
         if progress:
             progress(i + 1, len(keys))
-    return ReplayResult(label, name, shape, sampling.temperature, tuple(samples))
+    info = getattr(drafter, "info", None)  # EAGLE-style drafters say where their weights came from
+    provenance = {"weights": info.record() if isinstance(info, EagleInfo) else None, "git_hash": git_hash(),
+                  "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  "threads": torch.get_num_threads(), "command": command}
+    return ReplayResult(label, name, shape, sampling.temperature, tuple(samples), provenance)
 
 
 def _replay_one(loaded: LoadedTarget, suite: Suite, vanilla: dict, key: tuple[str, int], drafter: Drafter,

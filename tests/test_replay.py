@@ -184,6 +184,9 @@ def test_cli_profile_estimate_and_replay(tiny_run):
     replayed = replays["eagle@tree=top_k=3,depth=2,total_tokens=8"]
     assert replayed["tau_pooled"] == pytest.approx(results["drafters"]["eagle"]["tau_pooled"])
     assert replayed["cycles"] == results["drafters"]["eagle"]["cycles"]
+    # a replay says which weights it ran and when, like the run's own record of them
+    assert replayed["provenance"]["weights"] == results["drafters"]["eagle"]["weights"]
+    assert replayed["provenance"]["command"].startswith("coral-bench") and replayed["provenance"]["date"]
 
 
 def test_cli_estimate_runs_the_profile_pass_when_missing(tiny_run, tmp_path):

@@ -115,12 +115,23 @@ def test_replays_get_their_table_and_paired_differences(tmp_path):
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
             if line.startswith("|") and not line.startswith("| -")]
     # a: question 1 pools (2 + 2 + 4) / 3 cycles, question 2 (1 + 3) / 2; pooled over all: 12 / 5
-    assert ["a", "eagle2", "chain:3", "3", "5", "2.400", "2.33"] in rows
+    assert ["a", "eagle2", "chain:3", "3", "5", "2.400", "2.33", "–"] in rows
     # b − a per question: (1 − 8/3) and (1 − 2), mean −4/3; two questions, so a CI and a verdict
     paired = [r for r in rows if r[0] == "chain:3"]
     assert len(paired) == 1 and paired[0][1:6] == ["b", "a", "1.00", "2.33", "-1.333"]
     assert paired[0][-1] == "b < a"
     assert not any(r[0] == "chain:5" for r in rows)  # c is alone in its tree: nothing to pair with
+    assert "## How the drafters were trained" not in md  # these replays name no trained weights
+
+
+def test_replayed_trained_drafters_are_in_the_training_section(tmp_path):
+    run = _copy(ONE, tmp_path / "run")
+    entry = _replay("c3", "chain:3", {"1": [[2]]})
+    entry["provenance"] = {"weights": {"weights_sha256": "f" * 64, "trained": training_summary(TRAINED_CORAL)}}
+    (run / "replays.json").write_text(json.dumps({"c3@tree=chain:3": entry}))
+    md = write_report([run], tmp_path / "out").markdown.read_text()
+    training = md.split("## How the drafters were trained")[1].split("\n## ")[0]
+    assert "| c3 " in training and "f" * 12 in training and "8,006,073" in training
 
 
 def test_corrupt_replays_is_one_clear_error(tmp_path):

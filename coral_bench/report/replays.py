@@ -25,7 +25,8 @@ def replayed(runs: Sequence[Run]) -> Section | None:
     for run in runs:
         prefix = (run.label,) if multi else ()
         rows += [prefix + (r.label, r.drafter, r.tree, str(r.samples), str(r.cycles), num(r.tau_pooled, 3),
-                           _mean_question_tau(r)) for r in run.replays]
+                           _mean_question_tau(r), r.weights_sha256[:12] if r.weights_sha256 else DASH)
+                 for r in run.replays]
         by_tree = sorted(run.replays, key=lambda r: r.tree)
         for tree, group in groupby(by_tree, key=lambda r: r.tree):
             group = list(group)
@@ -38,7 +39,7 @@ def replayed(runs: Sequence[Run]) -> Section | None:
     if not rows:
         return None
     columns = (("run",) if multi else ()) + ("replay", "drafter", "tree", "samples", "cycles", "τ pooled",
-                                             "τ per question")
+                                             "τ per question", "weights sha256")
     blocks: list = [Table(columns, tuple(rows)),
                     Text("`coral-bench replay RUN --drafter …`: the drafter runs along vanilla's recorded greedy "
                          "output with the target's features, so τ at T = 0 is exact without timing anything; no "

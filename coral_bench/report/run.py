@@ -142,6 +142,8 @@ class ReplayedTau:
     cycles: int
     tau_pooled: float | None
     question_taus: Mapping[str, float]  # question id → pooled τ over its turns (HASS convention)
+    weights_sha256: str | None = None  # trained drafters (replays from before: None)
+    training: DrafterTraining | None = None
 
 
 @dataclass(frozen=True)
@@ -350,7 +352,9 @@ def _read_replays(path: Path) -> tuple[ReplayedTau, ...]:
             out.append(ReplayedTau(key=key, label=str(entry["label"]), drafter=str(entry["drafter"]),
                                    tree=str(entry["tree"]), samples=len(entry["samples"]),
                                    cycles=int(entry["cycles"]), tau_pooled=_opt_float(entry.get("tau_pooled")),
-                                   question_taus={q: emitted[q] / cycles[q] for q in emitted if cycles[q]}))
+                                   question_taus={q: emitted[q] / cycles[q] for q in emitted if cycles[q]},
+                                   weights_sha256=_weights_hash((entry.get("provenance") or {}).get("weights")),
+                                   training=_training((entry.get("provenance") or {}).get("weights"))))
     except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise ReportError(f"{file} is not a coral-bench replays file ({type(exc).__name__}: {exc})") from None
     return tuple(out)

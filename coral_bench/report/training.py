@@ -33,10 +33,10 @@ def _hours(seconds: float | None) -> str:
 
 
 def training(runs: Sequence[Run]) -> Section | None:
-    """One row per distinct trained weights file, in the order drafters first appear."""
+    """One row per distinct trained weights file, in the order drafters (timed, then replayed) first appear."""
     seen: dict[str, tuple] = {}
     for r in runs:
-        for m in r.drafters:
+        for m in (*r.drafters, *r.replays):  # timed drafters, then replayed ones
             t = m.training
             if t is None or m.weights_sha256 in seen:
                 continue
