@@ -21,6 +21,8 @@ def _settings(t: DrafterTraining) -> str:
             continue  # no top-K distillation term (EAGLE)
         if key.startswith("csra") and not loss.get("csra_weight"):
             continue  # no CSRA term (EAGLE, HASS)
+        if key == "step_decay" and (t.steps or 1) < 2:
+            continue  # one step: nothing to decay
         if key in loss:
             shown.append(f"{name} {loss[key]}")
     if t.history and (t.steps or 1) > 1:
