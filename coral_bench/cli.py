@@ -394,8 +394,9 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
 
     from .devices import cpu_has_native_bf16
     from .loading import load_target
-    from .train.loop import RichReporter, settings_for
     from .train.loop import train as run_training
+    from .train.reporting import RichReporter
+    from .train.settings import settings_for
     from .train.store import read_manifest
 
     if threads:

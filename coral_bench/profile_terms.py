@@ -1,7 +1,7 @@
 """Profile-pass measurements for drafters beyond the EAGLE-style forward (``draft_costs``, METHODS.md §6–7).
 
 - ``early-exit:N``: the target's per-layer, embedding, norm and LM-head latencies of a one-row forward
-  at each profiled context (``profile.target_regions``), and the glue of the early-exit step measured
+  at each profiled context (``profile_forwards.target_regions``), and the glue of the early-exit step measured
   on ``Target.early_exit_chain`` itself (its time outside those modules).
 - routed / subset draft heads: the head's matmul and finish + log-sum-exp + top-k over U rows of the
   LM head, for U on a grid of row counts and the forward widths that occur, and the router's forward.
@@ -22,8 +22,8 @@ from .clock import Clock
 from .curves import Curve, Grid
 from .draft_costs import EarlyExitCosts, HeadRowCosts
 from .drafters.router import RoutedHead, SubsetHead
-from .profile import (RegionProfile, RegionTimer, _median_repeat, _median_time, _random_ids, target_modules,
-                      target_regions)
+from .profile_forwards import (RegionProfile, RegionTimer, median_repeat, median_time, random_ids, target_modules,
+                               target_regions)
 from .target import EarlyExitDraft, Target
 
 HEAD_ROW_POINTS = 5  # row counts on the head-rows curve of a routed head (1 … N groups)
@@ -37,8 +37,8 @@ def early_exit_glue(target: Target, exit_layers: int, steps: int, context: int, 
                     gen: torch.Generator) -> RegionProfile:
     """``Target.early_exit_chain`` of ``steps`` one-token forwards after ``context`` tokens, by region: its
     ``other`` is the glue outside the embedding, layers, norm and LM head (RoPE table, casts, argmax, crop)."""
-    target.prefill(_random_ids(context, target.vocab_size, gen))
-    root = int(_random_ids(1, target.vocab_size, gen)[0])
+    target.prefill(random_ids(context, target.vocab_size, gen))
+    root = int(random_ids(1, target.vocab_size, gen)[0])
     runs = []
     with RegionTimer(target_modules(target), clock) as timer:
         for _ in range(max(1, repeats) + 1):
@@ -46,7 +46,7 @@ def early_exit_glue(target: Target, exit_layers: int, steps: int, context: int, 
             start = clock.now()
             target.early_exit_chain(root, exit_layers, steps)
             runs.append((clock.now() - start, timer.take()))
-    return _median_repeat("target", "early-exit", steps, context, runs[1:])
+    return median_repeat("target", "early-exit", steps, context, runs[1:])
 
 
 def early_exit_costs(target: Target, exit_layers: int, steps: int, contexts: Sequence[int], clock: Clock,
@@ -132,7 +132,7 @@ def head_row_costs(head: RoutedHead | SubsetHead, widths: Sequence[int], top_k: 
             start = clock.now()
             fn()
             return clock.now() - start
-        return _median_time(once, repeats)
+        return median_time(once, repeats)
 
     for w in widths:
         x = torch.randn(w, hidden, generator=gen).to(device=device, dtype=w_dtype)

@@ -335,13 +335,14 @@ def what_if(run_dir: Path, label: str, name: str, checkpoint: str | None, tree: 
     run's profile (target) plus a profile of the drafter's forwards and no-op loop at that tree."""
     from . import profile as pf
     from .clock import Clock
+    from .profile_noop import NoopPlan
     from .speedup import Estimate, predict_against_vanilla
 
     result = replay_run(run_dir, label, name, checkpoint, tree, loaded)
     s = profile_body.get("settings", {})
     settings = pf.ProfileSettings(tuple(s.get("nodes", (1,))), tuple(s["contexts"]), tuple(s["prompts"]),
                                   int(s.get("repeats", 3)), int(s.get("noop_cycles", 300)), int(s.get("seed", 0)))
-    plans = tuple(pf.NoopPlan(x.prompt_tokens, x.new_tokens, tuple(c.accepted for c in x.cycles))
+    plans = tuple(NoopPlan(x.prompt_tokens, x.new_tokens, tuple(c.accepted for c in x.cycles))
                   for x in result.samples if x.cycles)
     seed = int(_config(run_dir).get("sampling", {}).get("seed", 0))
     spec = pf.MethodSpec(label, name, checkpoint, tree, plans, seed)

@@ -182,7 +182,7 @@ def shape_harness(shape: ModelShape, dtype: torch.dtype, device: torch.device, t
     """A random-weight EAGLE drafter of ``shape`` with a random LM head (also used as the embedding)."""
     import torch.nn.functional as F
 
-    from .profile import DraftHarness
+    from .profile_forwards import DraftHarness
 
     config = shape.drafter_config()
     model = random_drafter(config, dtype, device)
@@ -200,18 +200,20 @@ def profile_shape(shape: ModelShape, dtype: torch.dtype, device: torch.device, t
 
     from . import profile as pf
     from .clock import Clock, load_average
+    from .profile_forwards import forward_costs
+    from .profile_noop import eos_ids, noop_loop, synthetic_plans
     from .speedup import DrafterCosts
     from .target import Target
 
     load_before, clock = load_average(), Clock(device)
     gen = torch.Generator().manual_seed(settings.seed)
     h = shape_harness(shape, dtype, device, 1 if tree.kind == "chain" else min(tree.top_k, shape.vocab_size))
-    forward, regions = pf.forward_costs(h, tree, settings, clock, gen, first_rows=(1,))
+    forward, regions = forward_costs(h, tree, settings, clock, gen, first_rows=(1,))
     params = h.model.parameter_count()
     del h  # free the drafter before a target is built
     hf_config = AutoConfig.for_model(**dict(shape.config))
-    plans = pf.synthetic_plans(tree, settings.prompts[len(settings.prompts) // 2], 64)
-    loop = pf.noop_loop(hf_config, dtype, device, "eagle", tree, plans, clock, settings.noop_cycles, settings.seed)
+    plans = synthetic_plans(tree, settings.prompts[len(settings.prompts) // 2], 64)
+    loop = noop_loop(hf_config, dtype, device, "eagle", tree, plans, clock, settings.noop_cycles, settings.seed)
     method = pf.MethodProfile(shape.name, "eagle", tree, DrafterCosts(forward, loop), regions, params,
                               shape.vocab_size * shape.hidden_size, 1.0)
     target_costs, target_regions = None, ()
@@ -220,9 +222,9 @@ def profile_shape(shape: ModelShape, dtype: torch.dtype, device: torch.device, t
         if device.type == "cpu" and have is not None and need > 0.8 * have:
             raise ShapeError(f"the {shape.name} target needs {need / 2**30:.1f} GiB in {dtype}, "
                              f"{have / 2**30:.1f} GiB are available: profile the drafter only")
-        target = Target(random_target(shape, dtype, device), pf._eos_ids(hf_config), name=shape.name)
+        target = Target(random_target(shape, dtype, device), eos_ids(hf_config), name=shape.name)
         target_costs, target_regions = pf.profile_target(target, settings, clock, (1, tree.max_nodes))
-    env = pf._environment(device, dtype, load_before) | {"source": shape.source, "weights": "random"}
+    env = pf.environment(device, dtype, load_before) | {"source": shape.source, "weights": "random"}
     return pf.ProfileReport(shape.name, target_costs, target_regions, (method,), settings, env)
 
 

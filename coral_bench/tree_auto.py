@@ -142,6 +142,7 @@ def measured_scorer(loaded: LoadedTarget, spec: DrafterSpec, samples: Sequence[D
                     candidates: Sequence[TreeShape], clock: Clock, seed: int = 0) -> Callable[[TreeShape], CandidateScore]:
     """A scorer for ``choose``: replayed τ on ``samples`` and cost terms from a quick profile of this machine."""
     from . import profile as pf
+    from .profile_noop import NoopPlan
     from .replay import replay_greedy
 
     target = loaded.target
@@ -153,7 +154,7 @@ def measured_scorer(loaded: LoadedTarget, spec: DrafterSpec, samples: Sequence[D
                                  (prompts[0],), settings.repeats, settings.noop_cycles, seed)
     target_costs, _ = pf.profile_target(target, profile, clock, [1])
     vanilla = [_vanilla_shape(i, s) for i, s in enumerate(samples)]
-    van_plans = tuple(pf.NoopPlan(len(s.prompt), len(s.output), (0,) * (len(s.output) - 1)) for s in samples)
+    van_plans = tuple(NoopPlan(len(s.prompt), len(s.output), (0,) * (len(s.output) - 1)) for s in samples)
     van_costs = pf.profile_method(pf.MethodSpec("vanilla", "vanilla", None, TreeShape("chain", 1), van_plans, seed),
                                   target, profile, clock).costs
 
@@ -168,7 +169,7 @@ def measured_scorer(loaded: LoadedTarget, spec: DrafterSpec, samples: Sequence[D
             shapes.append(SampleShape(f"dev{i}", 0, len(s.prompt), len(s.output),
                                       shape_cycles(len(s.prompt), n, acc, em, [c.head_union for c in replayed])))
             if replayed:
-                plans.append(pf.NoopPlan(len(s.prompt), len(s.output), tuple(acc)))
+                plans.append(NoopPlan(len(s.prompt), len(s.output), tuple(acc)))
             emitted, cycles = emitted + sum(em), cycles + len(replayed)
         method = pf.profile_method(pf.MethodSpec(spec.label, spec.name, spec.checkpoint, tree, tuple(plans), seed),
                                    target, profile, clock)

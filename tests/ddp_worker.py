@@ -16,7 +16,8 @@ import torch
 
 from coral_bench.target import Target
 from coral_bench.tiny import tiny_model
-from coral_bench.train.loop import TrainSettings, train
+from coral_bench.train.loop import train
+from coral_bench.train.settings import TrainSettings
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from coral_bench import profile as pf
+from coral_bench import profile_noop as noop
 from coral_bench.curves import Curve, Grid
 from coral_bench.draft_costs import EarlyExitCosts, HeadRowCosts
 from coral_bench.drafters.router import HeadLayout, RoutedHead, Router, SubsetHead, contiguous_grouping
@@ -37,8 +38,8 @@ def test_oracle_drafting_is_its_measured_lookup_and_the_model_adds_it_up(name):
     """The no-op loop runs the real oracle code (a constant greedy line, untimed as in a run): on a tick clock
     every stage lasts one tick, so the oracle's cycle is its lookup + T_V + verify + commit + loop, no forwards."""
     tree = TreeShape.parse("top_k=2,depth=2,total_tokens=6")
-    plans = [pf.NoopPlan(20, 30, (3, 3, 1, 0) * 8)] * 2
-    loop = pf.noop_loop(tiny_config(), torch.float32, CPU, name, tree, plans, TickClock(), 10)
+    plans = [noop.NoopPlan(20, 30, (3, 3, 1, 0) * 8)] * 2
+    loop = noop.noop_loop(tiny_config(), torch.float32, CPU, name, tree, plans, TickClock(), 10)
     assert (loop.verify_s, loop.commit_s, loop.loop_s) == (1, 1, 1) and loop.cycles >= 10
     # The untimed fetches of the greedy line read the clock too (one tick each beyond what they subtract):
     # the lookup is one tick per cycle plus at most one per cycle that fetched.
@@ -78,7 +79,7 @@ def test_early_exit_cycle_by_hand():
 def test_early_exit_profile_measures_every_layer_and_round_trips(clock):
     target = Target(tiny_model(dtype=torch.float32, num_hidden_layers=3), (2,))
     tree = TreeShape.parse("chain:2")
-    spec = pf.MethodSpec("ee", "early-exit", "2", tree, (pf.NoopPlan(12, 10, (1, 2, 0)),))
+    spec = pf.MethodSpec("ee", "early-exit", "2", tree, (noop.NoopPlan(12, 10, (1, 2, 0)),))
     method = pf.profile_method(spec, target, SMALL, clock)
     ee = method.costs.early_exit
     assert method.costs.forward is None and len(ee.layers) == 3 and (ee.exit_layers, ee.steps) == (2, 2)

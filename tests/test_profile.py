@@ -8,6 +8,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from coral_bench import profile as pf
+from coral_bench import profile_forwards as fw
+from coral_bench import profile_noop as noop
 from coral_bench.cli import main
 from coral_bench.decode import generate
 from coral_bench.drafters.base import DrafterSettings, generator_for
@@ -50,7 +52,7 @@ def test_regions_and_other_add_up_to_the_forward_exactly_on_a_fake_clock():
     parts = {"embedding": Work(clock, 1.0), "layer.0": Work(clock, 5.0), "layer.1": Work(clock, 7.0),
              "lm_head": Work(clock, 2.0)}
     runs = []
-    with pf.RegionTimer(parts, clock) as timer:
+    with fw.RegionTimer(parts, clock) as timer:
         for _ in range(3):
             start = clock.now()
             x = parts["embedding"](0)
@@ -59,7 +61,7 @@ def test_regions_and_other_add_up_to_the_forward_exactly_on_a_fake_clock():
                 x = parts[name](x)
             parts["lm_head"](x)
             runs.append((clock.now() - start, timer.take()))
-    prof = pf._median_repeat("target", "tree", 4, 10, runs)
+    prof = fw.median_repeat("target", "tree", 4, 10, runs)
     assert dict(prof.regions) == {"embedding": 1.0, "layer.0": 10.0, "layer.1": 7.0, "lm_head": 2.0, "other": 0.5}
     assert sum(v for _, v in prof.regions) == prof.total_s == 20.5
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in parts.values())
@@ -69,7 +71,7 @@ def test_hooks_detach_on_an_exception():
     clock = FakeClock()
     layer = Work(clock, 1.0)
     with pytest.raises(RuntimeError):
-        with pf.RegionTimer({"layer": layer}, clock):
+        with fw.RegionTimer({"layer": layer}, clock):
             raise RuntimeError("boom")
     assert not layer._forward_hooks and not layer._forward_pre_hooks
 
@@ -83,7 +85,7 @@ def test_target_region_profile_leaves_the_model_as_it_was(clock):
     target = Target(model, (2,))
     ids = torch.arange(5, 30)
     before = target.prefill(ids)
-    prof = pf.target_regions(target, 6, 16, clock, 2, torch.Generator().manual_seed(0))
+    prof = fw.target_regions(target, 6, 16, clock, 2, torch.Generator().manual_seed(0))
     after = target.prefill(ids)
     assert torch.equal(before.logits, after.logits) and torch.equal(before.features, after.features)
     assert _no_hooks(model)
@@ -99,7 +101,7 @@ def test_target_region_profile_leaves_the_model_as_it_was(clock):
 
 def test_discard_drops_the_scored_tree_so_t_v_is_measured_at_one_context(target64):
     target64.prefill(torch.arange(5, 25))
-    tree = pf.profile_tree(6)
+    tree = fw.profile_tree(6)
     first = target64.score(tree)
     target64.discard()
     assert target64.cache_len == 20
@@ -130,17 +132,17 @@ def test_noop_loop_reproduces_the_planned_acceptance(name, tree, clock):
     """The no-op target makes each cycle accept the planned L_c, so loop costs are measured at the run's mix."""
     shape = TreeShape.parse(tree)
     gen = torch.Generator().manual_seed(0)
-    script = pf._Script((2,), 64)
-    target = Target(pf._NoopLM(tiny_config(), torch.float32, CPU, script, shape.max_nodes + 1, gen), (2,))
-    drafter = pf._noop_drafter(name, DrafterSettings(name, shape), (2,), CPU, gen, None)
+    script = noop._Script((2,), 64)
+    target = Target(noop._NoopLM(tiny_config(), torch.float32, CPU, script, shape.max_nodes + 1, gen), (2,))
+    drafter = noop._noop_drafter(name, DrafterSettings(name, shape), (2,), CPU, gen, None)
     plan = [min(a, shape.levels if name != "vanilla" else 0) for a in (3, 0, 1, 2, 4, 4, 1, 0, 2, 3)]
     script.start(plan)
     out = generate(target, drafter, list(range(70, 100)), 200, SamplingConfig(), generator_for(0), clock,
                    reserve=shape.max_nodes)
     assert [c.accepted for c in out.cycles][: len(plan)] == plan
     assert all(c.nodes == (1 if name == "vanilla" else shape.max_nodes) for c in out.cycles)
-    costs = pf.noop_loop(tiny_config(), torch.float32, CPU, name, shape,
-                         [pf.NoopPlan(30, 40, tuple(plan))] * 3, clock, 30)
+    costs = noop.noop_loop(tiny_config(), torch.float32, CPU, name, shape,
+                           [noop.NoopPlan(30, 40, tuple(plan))] * 3, clock, 30)
     assert costs.cycles >= 30 and costs.verify_s > 0 and costs.commit_s > 0
 
 
@@ -159,8 +161,8 @@ def test_noop_loop_costs_and_the_cost_model_on_a_fake_clock():
     """generate reads the clock at t0…t4 of each cycle: draft, score, verify and commit last one tick each, and
     the loop's own time between cycles one more: the no-op costs are known, so is the model's cycle."""
     tree = TreeShape.parse("chain:4")
-    plans = [pf.NoopPlan(20, 30, (2, 0, 4, 1) * 8)] * 2
-    costs = pf.noop_loop(tiny_config(), torch.float32, CPU, "prompt-lookup", tree, plans, TickClock(), 10)
+    plans = [noop.NoopPlan(20, 30, (2, 0, 4, 1) * 8)] * 2
+    costs = noop.noop_loop(tiny_config(), torch.float32, CPU, "prompt-lookup", tree, plans, TickClock(), 10)
     assert (costs.tree_s, costs.score_call_s, costs.verify_s, costs.commit_s, costs.loop_s) == (1, 1, 1, 1, 1)
     target = TargetCosts(Grid.from_points([(1, 0, 10.0), (5, 0, 10.0)]), Curve((1.0,), (0.0,)))
     spec = SampleRecord("pl", "q", 0, "c", 20, tuple(range(7)), "", 7, 1.0, 0.0, 2, (2, 3), "max_new_tokens")

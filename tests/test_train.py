@@ -21,9 +21,11 @@ from coral_bench.drafters.eagle_model import EagleModel
 from coral_bench.target import Target, TargetOutput
 from coral_bench.train.batching import TrainBatch, collate, plan_epoch, shard, slot_count
 from coral_bench.train.losses import SingleProcess
-from coral_bench.train.loop import (STATE_DIR, STATE_FILE, Frozen, NullReporter, TrainError, TrainingData,
-                                    batch_loss, drafter_config, settings_for, train)
+from coral_bench.train.loop import Frozen, TrainingData, batch_loss, drafter_config, train
 from coral_bench.train.multistep import MultiStepDrafter, step_mask, step_valid
+from coral_bench.train.reporting import NullReporter
+from coral_bench.train.settings import TrainError, settings_for
+from coral_bench.train.state import STATE_DIR, STATE_FILE
 from coral_bench.train.store import FeatureStore, StoreWriter
 from coral_bench.tree import TreeShape
 

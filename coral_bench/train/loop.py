@@ -19,6 +19,9 @@ Output folder ``out``::
 Determinism: the data order is a function of (seed, epoch), the feature noise of (seed, step, store
 index), so an interrupted and resumed run equals an uninterrupted one, and a 2-process run equals a
 1-process run with the same global batches (fp64, up to summation order).
+
+The settings live in ``settings.py``, the log records and progress display in ``reporting.py``, the
+resumable state (position, state.pt, the log's truncation) in ``state.py``.
 """
 
 from __future__ import annotations
@@ -28,15 +31,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import hashlib
 import json
 import math
-import os
-import random
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -44,221 +44,20 @@ from ..drafters.checkpoint import save_checkpoint
 from ..drafters.eagle_model import EagleConfig, EagleModel
 from ..target import Target
 from .batching import TrainBatch, collate, feature_noise, mix_seed, plan_epoch, shard, slot_count, split_eval
-from .losses import (CombinedLoss, LossInputs, LossSettings, SingleProcess, TorchDistributed, combine, loss_parts)
-from .multistep import HISTORY, MultiStepDrafter, step_valid
+from .losses import (CombinedLoss, LossInputs, SingleProcess, TorchDistributed, combine, loss_parts)
+from .multistep import MultiStepDrafter, step_valid
+from .reporting import EvalResult, NullReporter, Reporter, StepLog
+from .settings import METHODS, TrainError, TrainSettings
+from .state import (LOG_FILE, STATE_DIR, STATE_FILE, Position, last_logged_eval, save_state, set_rng_states,
+                    settings_differences, truncate_log)
 from .store import MANIFEST, FeatureStore, read_manifest
 
-STATE_DIR = "training-state"
-STATE_FILE = "state.pt"
-LOG_FILE = "train-log.jsonl"
-DTYPES = ("fp32", "bf16", "fp64")  # bf16 = fp32 master weights + bf16 autocast
-SCHEDULES = ("cosine", "linear", "constant")
-INITS = ("identity", "random")
 RESIDUAL_INIT_SCALE = 0.1
 INIT_DESCRIPTIONS = {
     "identity": "fan-in normal weights, then fc's feature half = identity and o_proj, down_proj scaled by 0.1: "
                 "at init f_hat(t+1) = f(t) + W_e embed(x(t+1)) + a small correction",
     "random": "fan-in normal weights (EagleModel.init_random)",
 }
-# Settings a resumed run may change without changing the result.
-RESUMABLE_CHANGES = ("checkpoint_every",)
-
-
-class TrainError(ValueError):
-    """Training that cannot start or continue (bad settings, mismatched resume, unusable data)."""
-
-
-@dataclass(frozen=True)
-class MethodDefaults:
-    steps: int  # unroll steps n
-    distill_weight: float  # HASS top-K distillation
-    csra_weight: float  # CORAL λ
-    description: str
-
-
-METHODS: dict[str, MethodDefaults] = {
-    "eagle2": MethodDefaults(1, 0.0, 0.0, "EAGLE: one step, SmoothL1 + 0.1·soft CE"),
-    "hass": MethodDefaults(3, 1.0, 0.0, "HASS: 3-step harmonized context alignment + top-K distillation"),
-    "coral": MethodDefaults(3, 1.0, 0.1, "CORAL: HASS + λ·CSRA (cross-step InfoNCE), one backward"),
-}
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Everything that determines a training run (recorded in the checkpoint)."""
-
-    method: str
-    steps: int  # unroll steps n (1 for eagle2, 3 for hass/coral by default)
-    loss: LossSettings
-    epochs: int = 1
-    lr: float = 3e-4  # EAGLE/HASS use 3e-5 for 7B drafters; small drafters and short runs want more (untuned)
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.0
-    warmup_steps: int | None = None  # None: 5 % of all optimizer steps (at least 1)
-    schedule: str = "cosine"  # decay to 0 after the warmup
-    grad_clip_value: float = 0.5
-    feature_noise: float = 0.05  # U(−a, a)·RMS(f_t) on step-1 input features
-    batch_tokens: int = 2048  # global batch: rows × longest slot count ≤ this
-    seed: int = 0
-    dtype: str = "fp32"
-    checkpoint_every: int = 0  # optimizer steps; 0 = only at the end
-    eval_fraction: float = 0.02
-    history: str = "keep-real"  # slots t < j − 1 at step j: keep the real feature (HASS) or exclude
-    detach_step_inputs: bool = True  # HASS: step j > 1 inputs are detached
-    init: str = "identity"
-    loss_vocab: int = 0  # > 0: soft CE / top-K over the most frequent training tokens only (a CPU lever)
-    max_sequences: int | None = None  # train on the first N training sequences (sweeps on a shorter budget)
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.method in METHODS, f"method must be one of {tuple(METHODS)}, not {self.method!r}"),
-            (self.steps >= 1, "steps must be >= 1"),
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
-            (self.dtype in DTYPES, f"dtype must be one of {DTYPES}"),
-            (self.history in HISTORY, f"history must be one of {HISTORY}"),
-            (self.init in INITS, f"init must be one of {INITS}"),
-            (self.batch_tokens >= 1, "batch_tokens must be >= 1"),
-            (self.grad_clip_value > 0, "grad_clip_value must be > 0"),
-            (self.feature_noise >= 0, "feature_noise must be >= 0"),
-            (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
-            (0 <= self.eval_fraction < 1, "eval_fraction must be in [0, 1)"),
-            (self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps must be >= 0"),
-            (self.loss_vocab >= 0, "loss_vocab must be >= 0 (0: the full vocabulary)"),
-            (self.max_sequences is None or self.max_sequences >= 1, "max_sequences must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise TrainError(message)
-        if self.loss.csra_weight and self.steps < 2:
-            raise TrainError("CSRA aligns steps: it needs steps >= 2")
-
-    def to_dict(self) -> dict[str, Any]:
-        body = asdict(self)
-        body["betas"] = list(self.betas)
-        return body
-
-    @classmethod
-    def from_dict(cls, body: dict[str, Any]) -> "TrainSettings":
-        body = dict(body)
-        body["loss"] = LossSettings(**body["loss"])
-        body["betas"] = tuple(body["betas"])
-        return cls(**body)
-
-
-def settings_for(method: str, steps: int | None = None, **overrides: Any) -> TrainSettings:
-    """The method's defaults (steps, distillation, CSRA) with ``overrides``; loss fields
-    (``csra_weight``, ``distill_k``…) may be given directly."""
-    if method not in METHODS:
-        raise TrainError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
-    d = METHODS[method]
-    loss_names = {f.name for f in fields(LossSettings)}
-    loss_kw = {k: overrides.pop(k) for k in list(overrides) if k in loss_names}
-    loss = LossSettings(**{"distill_weight": d.distill_weight, "csra_weight": d.csra_weight, **loss_kw})
-    return TrainSettings(method=method, steps=d.steps if steps is None else steps, loss=loss, **overrides)
-
-
-# ---- reporting ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StepLog:
-    """One optimizer step (a line of train-log.jsonl)."""
-
-    step: int  # optimizer steps done, 1-based
-    epoch: int
-    lr: float
-    loss: float
-    terms: dict[str, float]  # part name → global mean, e.g. "regression/1", "csra/1-2"
-    slots: int  # drafter slots (tokens) in this step's global batch
-    tokens: int  # cumulative slots trained on
-    tokens_per_s: float
-    elapsed_s: float  # training wall time so far (across resumptions)
-    total_steps: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": "step", **asdict(self)}
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Held-out metrics on the eval split."""
-
-    step: int
-    epoch: int
-    loss: float
-    terms: dict[str, float]
-    accuracy: tuple[float, ...]  # [n] top-1 agreement with the target's argmax at depth j (slots t ≥ j − 1)
-    slots: int
-
-    def to_json(self) -> dict[str, Any]:
-        body = asdict(self)
-        body["accuracy"] = list(self.accuracy)
-        return {"kind": "eval", **body}
-
-
-class Reporter(Protocol):
-    def start(self, total_steps: int, done_steps: int, description: str) -> None: ...
-    def step(self, log: StepLog) -> None: ...
-    def evaluated(self, result: EvalResult) -> None: ...
-    def close(self) -> None: ...
-
-
-class NullReporter:
-    def start(self, total_steps: int, done_steps: int, description: str) -> None:
-        pass
-
-    def step(self, log: StepLog) -> None:
-        pass
-
-    def evaluated(self, result: EvalResult) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _term_summary(terms: dict[str, float]) -> dict[str, float]:
-    """Mean of each term family over steps/pairs (for one-line displays)."""
-    groups: dict[str, list[float]] = {}
-    for name, value in terms.items():
-        if not math.isnan(value):
-            groups.setdefault(name.split("/")[0], []).append(value)
-    return {k: sum(v) / len(v) for k, v in groups.items()}
-
-
-class RichReporter:
-    """A rich progress bar: loss terms, tokens/s, elapsed and ETA (main process only)."""
-
-    def __init__(self, console=None):
-        from rich.console import Console
-
-        self.console = console or Console(stderr=True)
-        self._bar = None
-        self._task = None
-
-    def start(self, total_steps: int, done_steps: int, description: str) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                             TextColumn("{task.fields[info]}"), console=self.console)
-        self._bar.start()
-        self._task = self._bar.add_task(description, total=total_steps, completed=done_steps, info="")
-
-    def step(self, log: StepLog) -> None:
-        parts = [f"loss {log.loss:.4g}"] + [f"{k} {v:.4g}" for k, v in _term_summary(log.terms).items()]
-        parts.append(f"{log.tokens_per_s:,.0f} tok/s")
-        self._bar.update(self._task, completed=log.step, info=" · ".join(parts))
-
-    def evaluated(self, result: EvalResult) -> None:
-        acc = " ".join(f"{a:.3f}" for a in result.accuracy)
-        self.console.print(f"eval @ step {result.step} (epoch {result.epoch + 1}): loss {result.loss:.4g}, "
-                           f"top-1 by depth {acc}", highlight=False)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 # ---- model --------------------------------------------------------------------------------------
@@ -467,63 +266,6 @@ def evaluate(core: MultiStepDrafter, data: TrainingData, frozen: Frozen, setting
                       accuracy=tuple(h / max(s, 1) for h, s in zip(hits, seen)), slots=slots)
 
 
-# ---- state --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Position:
-    """Where training stands: the next batch to run and what was done."""
-
-    epoch: int = 0
-    batch: int = 0  # index into plans[epoch]
-    optimizer_steps: int = 0
-    tokens: int = 0
-    wall_time_s: float = 0.0
-
-
-def _rng_states() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": (kind, torch.from_numpy(np.asarray(keys).astype(np.int64)), int(pos), int(has_gauss), float(cached))}
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-
-
-def _save_state(path: Path, model: EagleModel, optimizer, scheduler, position: Position, settings: TrainSettings,
-                manifest: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": _rng_states(), "position": asdict(position), "settings": settings.to_dict(),
-            "manifest_sha256": manifest}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(body, tmp)
-    os.replace(tmp, path)
-
-
-def _settings_differences(saved: dict[str, Any], now: TrainSettings) -> list[str]:
-    current = now.to_dict()
-    return [f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in sorted(set(saved) | set(current))
-            if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
-
-
-def _truncate_log(path: Path, steps: int) -> None:
-    """Keep the log lines of the first ``steps`` optimizer steps (work after the checkpoint is redone)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a torn last line
-        if rec.get("step", 0) <= steps:
-            kept.append(line)
-    path.write_text("".join(k + "\n" for k in kept))
-
-
 # ---- the run ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainResult:
@@ -598,7 +340,7 @@ def train(
         if not resume:
             raise TrainError(f"{out} holds a training state: continue it with --resume, or choose another --out")
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        diff = _settings_differences(state["settings"], settings)
+        diff = settings_differences(state["settings"], settings)
         if diff:
             raise TrainError(f"cannot resume {out} with different settings: {'; '.join(diff)}")
         if state["manifest_sha256"] != data.manifest_sha256:
@@ -606,10 +348,10 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_states(state["rng"])
+        set_rng_states(state["rng"])
         position = Position(**state["position"])
         if is_main:
-            _truncate_log(log_path, position.optimizer_steps)
+            truncate_log(log_path, position.optimizer_steps)
     elif (out / "config.json").exists():
         raise TrainError(f"{out} already holds a drafter; choose another --out")
     acc.wait_for_everyone()
@@ -620,8 +362,8 @@ def train(
 
     def save() -> None:
         if is_main:
-            _save_state(state_path, model, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                        scheduler, position, settings, data.manifest_sha256)
+            save_state(state_path, model, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                       scheduler, position, settings, data.manifest_sha256)
 
     def log(record: dict[str, Any]) -> None:
         if is_main:
@@ -684,7 +426,7 @@ def train(
         reporter.close()
 
     if last_eval is None and is_main and state_path.exists() and position.optimizer_steps:
-        last_eval = _last_logged_eval(log_path)
+        last_eval = last_logged_eval(log_path)
     metadata = {
         "method": settings.method,
         "description": METHODS[settings.method].description,
@@ -783,20 +525,6 @@ def _check_store(manifest: dict[str, Any], target: Target, where: str | Path) ->
     want = identity.get("embedding_sha256") if isinstance(identity, dict) else None
     if want is not None and want != embedding_sha256(target.embedding_weight()):
         raise TrainError(f"{where} was built with another target ({identity.get('name')}): token embeddings differ")
-
-
-def _last_logged_eval(path: Path) -> EvalResult | None:
-    found = None
-    if path.exists():
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("kind") == "eval":
-                found = rec
-    if found is None:
-        return None
-    found.pop("kind")
-    found["accuracy"] = tuple(found["accuracy"])
-    return EvalResult(**found)
 
 
 def _deviations(settings: TrainSettings) -> list[str]:

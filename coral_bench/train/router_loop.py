@@ -35,8 +35,9 @@ from ..drafters.router import (CLUSTER_ITERATIONS, COUNTS_KEY, PARTITIONS, ROUTE
                                VocabGrouping, make_grouping, router_description)
 from ..target import Target
 from .batching import TrainBatch, collate, mix_seed
-from .loop import Frozen, TrainingData, _check_store, lr_factor, settings_for, training_counts
+from .loop import Frozen, TrainingData, _check_store, lr_factor, training_counts
 from .multistep import MultiStepDrafter
+from .settings import settings_for
 from .store import read_manifest
 
 LOG_FILE = "router-log.jsonl"
