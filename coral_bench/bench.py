@@ -172,8 +172,16 @@ def _methods(config: RunConfig, loaded: LoadedTarget, clock: Clock,
     return methods
 
 
+NO_PEERS = "none"  # --peer none: not even hf-vanilla (runs that only record vanilla's outputs, for replay)
+
+
 def _peer_specs(config: RunConfig) -> list[PeerSpec]:
-    """hf-vanilla (always run) and each ``--peer NAME[:ARG]``; ``--peer hf-vanilla`` changes nothing."""
+    """hf-vanilla (always run) and each ``--peer NAME[:ARG]``; ``--peer hf-vanilla`` changes nothing,
+    ``--peer none`` (alone) runs no peer at all."""
+    if NO_PEERS in config.peers:
+        if len(config.peers) > 1:
+            raise PeerError(f"--peer {NO_PEERS} runs no peer: it cannot be combined with other peers")
+        return []
     specs = [PeerSpec.parse(text) for text in config.peers]
     for spec in specs:
         if spec.name not in PEERS:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The untimed comparison of the training objectives on whole suites (issue 4; reports/objectives-cpu):
-#   vanilla   vanilla's greedy outputs on every question of SUITES (nothing but vanilla; these runs may
-#             share the machine: their timings are flagged busy and not used). They do not depend on
-#             the drafters, so this step may run before the drafters are trained.
+#   vanilla   vanilla's greedy outputs on every question of SUITES (`--peer none`: nothing but vanilla;
+#             these runs may share the machine: their timings are flagged busy and not used). They do
+#             not depend on the drafters, so this step may run before the drafters are trained.
 #   replays   `coral-bench replay` of each of REPLAY_DRAFTERS along those outputs: exact τ at T = 0,
 #             with paired per-question CIs in the report (`make reports`).
 # Each step runs in a clean git worktree of HEAD (scripts/worktree.sh; FRESH=1 after HEAD moved), so
@@ -31,7 +31,8 @@ if has vanilla; then
     out=$RUNS/$s
     [[ -f $out/results.json ]] && { echo "$out: done"; continue; }
     resume=(); [[ -f $WT/$out/config.json ]] && resume=(--resume)
-    cb run --suite "$s" ${LIMIT:+--limit "$LIMIT"} --max-new-tokens "$TOKENS" --threads "$THREADS" --out "$out" "${resume[@]}"
+    cb run --suite "$s" ${LIMIT:+--limit "$LIMIT"} --max-new-tokens "$TOKENS" --peer none --threads "$THREADS" \
+      --out "$out" "${resume[@]}"
     rm -rf "$out" && cp -r "$WT/$out" "$out"
   done
 fi

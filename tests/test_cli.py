@@ -64,6 +64,7 @@ def test_resume_of_a_finished_run_changes_nothing(tiny_run):
     (["--suite", "mtbench", "--tree", "wide"], "bad tree"),
     (["--suite", "mtbench", "--drafter", "prompt-lookup", "--drafter", "prompt-lookup"], "share the result key"),
     (["--suite", "mtbench", "--max-new-tokens", "5000"], "context"),
+    (["--suite", "mtbench", "--peer", "none", "--peer", "hf-vanilla"], "cannot be combined"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     # Later values of an option win in click: each case overrides the tiny defaults it needs to.
@@ -71,6 +72,17 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_peer_none_runs_vanilla_alone(tmp_path):
+    out = tmp_path / "r"
+    result = _invoke("run", "--suite", "mtbench", *TINY, "--limit", "1", "--max-new-tokens", "6", "--peer", "none",
+                     "--out", str(out))
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["peers"] == {} and results["drafters"] == {} and results["baseline"]["samples"] == 2
+    methods = {json.loads(line)["method"] for line in (out / "samples.jsonl").read_text().splitlines()}
+    assert methods == {"vanilla"}
 
 
 def test_malformed_question_file_names_the_line(tmp_path):

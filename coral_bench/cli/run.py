@@ -19,7 +19,7 @@ from .common import _fmt, _quiet_transformers, _tree, err, out
 @click.option("--target", default="smollm2-135m", show_default=True, help="Registry name, local model directory or cached HF id.")
 @click.option("--drafter", "drafters", multiple=True, metavar="[LABEL=]NAME[:CKPT][@tree=SHAPE]",
               help="A drafter to compare with vanilla (repeatable).")
-@click.option("--peer", "peers", multiple=True, help="A peer implementation (hf-vanilla always runs).")
+@click.option("--peer", "peers", multiple=True, help="A peer implementation (hf-vanilla always runs; `--peer none`: no peer at all).")
 @click.option("--tree", callback=_tree, help="Tree for every drafter: chain:N or top_k=K,depth=D,total_tokens=T; "
               "auto: EAGLE-style drafters get the grid tree with the best predicted speedup on this machine.")
 @click.option("--limit", type=int, help="Only the first N questions.")
