@@ -3,6 +3,8 @@
 #   ship      copy the three drafters into coral_bench/assets (scripts/ship_drafter.py)
 #   runs      time RUN_DRAFTERS against vanilla on SUITES (--require-idle: nothing else may run)
 #   profile   latency profile of each run, then the cost model's prediction (timed too)
+#   auto      the three objectives with the tree the cost model picks here (`--tree auto`) on
+#             AUTO_SUITE (the τ goal of issue 4), profiled like the runs: $RUNS/$AUTO_SUITE-auto
 #   routers   train CORAL's router on the coral drafter for each RULE:N of ROUTERS (untimed)
 #   replays   replay coral, each router at each k and the equal-cost frequency subsets on the
 #             development split (untimed), then print the sweep table
@@ -52,6 +54,16 @@ if has profile; then  # latency profile of each run's target and drafters, then 
     $CB profile --run "$RUNS/$s" --nodes "${PROFILE_NODES:-1,2,4,8,16,32}" || exit $?
     $CB estimate-speedup "$RUNS/$s" || exit $?
   done
+fi
+
+if has auto; then  # issue 4's goal is stated for the tree the cost model picks on this machine
+  AUTO_SUITE=${AUTO_SUITE:-mtbench-test}; out="$RUNS/$AUTO_SUITE-auto"
+  run_once "$out" --suite "$AUTO_SUITE" --limit "$LIMIT" --max-new-tokens "$TOKENS" --tree auto \
+    --drafter eagle2 --drafter hass --drafter coral || exit $?
+  if [[ ! -f $out/profile.json ]]; then
+    $CB profile --run "$out" --nodes "${PROFILE_NODES:-1,2,4,8,16,32}" || exit $?
+    $CB estimate-speedup "$out" || exit $?
+  fi
 fi
 
 if has routers; then

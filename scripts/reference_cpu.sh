@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The reference runs of the embedded default (reports/reference-cpu), made from a clean checkout
 # of HEAD: a git worktree outside the working tree runs scripts/evaluate_cpu.sh (timed runs on an
-# idle machine, then the latency profile and the cost model's prediction), so every run records a
+# idle machine, then the latency profile and the cost model's prediction; plus the three objectives
+# with `--tree auto` on mtbench-test, the tree the cost model picks), so every run records a
 # clean git hash even while the working tree is edited meanwhile. Finished run directories are
 # copied back into reports/runs/reference-cpu/. Resumable: run it again after an interruption (the
 # worktree keeps the partial run; a HEAD that moved since is refused, FRESH=1 starts over).
@@ -19,9 +20,9 @@ export LIMIT=${LIMIT:-16} TOKENS=${TOKENS:-128} SUITES=${SUITES:-mtbench-test hu
 source scripts/worktree.sh
 clean_worktree "$WT" || exit 1
 # the worktree's coral_bench comes first on the path, ahead of the editable install of this one
-( cd "$WT" && PYTHONPATH="$WT" RUNS="$RUNS" STEPS="runs profile" bash scripts/evaluate_cpu.sh )
+( cd "$WT" && PYTHONPATH="$WT" RUNS="$RUNS" STEPS="runs profile auto" bash scripts/evaluate_cpu.sh )
 mkdir -p "$RUNS"
-for s in $SUITES; do
+for s in $SUITES "${AUTO_SUITE:-mtbench-test}-auto"; do
   rm -rf "${RUNS:?}/$s" && cp -r "$WT/$RUNS/$s" "$RUNS/$s"
 done
 echo "reference_cpu: runs of $(git -C "$WT" rev-parse --short HEAD) in $RUNS/"
