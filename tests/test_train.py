@@ -373,6 +373,16 @@ def test_max_sequences_trains_on_a_prefix_with_the_same_held_out_split(store_dir
         settings_for("hass", max_sequences=0)
 
 
+def test_split_seed_fixes_the_held_out_split_across_seeds(store_dir):
+    def split(**kw):
+        data = TrainingData.open(store_dir, settings_for("hass", eval_fraction=0.3, **kw), 1, 64)
+        return data.train, data.eval
+
+    assert split(seed=1, split_seed=0) == split(seed=0)  # same held-out sequences, same training subset
+    assert split(seed=1, split_seed=0) != split(seed=1)  # without it the split follows --seed
+    assert settings_for("hass", seed=3).held_out_seed == 3
+
+
 def test_output_is_an_eagle_checkpoint_with_provenance(store_dir, target64, tmp_path):
     settings = settings_for("hass", **SMALL)
     result = train(store_dir, tmp_path / "hass", settings, target64, target_name="tiny-random")

@@ -136,7 +136,10 @@ def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_
                    "speed lever, recorded as a deviation). 0: the full vocabulary.")
 @click.option("--feature-noise", type=float, default=0.05, show_default=True,
               help="Uniform noise U(−a, a)·RMS(f_t) on input features.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Initialisation, data order, feature noise and (unless --split-seed) the held-out split.")
+@click.option("--split-seed", type=int, help="Seed of the held-out split only (default: --seed); keep it fixed to "
+                                             "compare seeds on the same held-out sequences and training subset.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp64"]),
               help="bf16 = fp32 weights + bf16 autocast. Default: bf16 where the CPU runs it natively, else fp32.")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Optimizer steps (0: end only).")
@@ -152,8 +155,8 @@ def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_
 @click.option("--threads", type=int, help="torch threads (recorded). Default: torch's.")
 def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_tokens, steps, history,
           csra_temperature, csra_weight, csra_negatives, csra_anchor, distill_k, distill_weight, step_decay,
-          loss_vocab, feature_noise, seed, dtype, checkpoint_every, resume, time_limit, eval_fraction, max_sequences,
-          device, threads):
+          loss_vocab, feature_noise, seed, split_seed, dtype, checkpoint_every, resume, time_limit, eval_fraction,
+          max_sequences, device, threads):
     """Train an EAGLE-2 / HASS / CORAL drafter on a feature store (single process or `accelerate launch`)."""
     import torch
     from accelerate import PartialState
@@ -180,7 +183,7 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
         batch_tokens=batch_tokens, history=history, csra_temperature=csra_temperature, csra_negatives=csra_negatives,
         csra_anchor=csra_anchor, distill_k=distill_k, step_decay=step_decay, feature_noise=feature_noise, seed=seed,
         dtype=dtype, checkpoint_every=checkpoint_every, eval_fraction=eval_fraction, loss_vocab=loss_vocab,
-        max_sequences=max_sequences, **loss)
+        max_sequences=max_sequences, split_seed=split_seed, **loss)
     state = PartialState(cpu=device == "cpu")
     dev = device or str(state.device)
     loaded = load_target(target, dtype="float64" if dtype == "fp64" else "float32", device=dev)

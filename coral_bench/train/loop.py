@@ -126,7 +126,7 @@ class TrainingData:
                 usable.append(i)
         if not usable:
             raise TrainError(f"feature store {path} has no sequence with a loss slot")
-        train, held = split_eval(usable, settings.eval_fraction, settings.seed)
+        train, held = split_eval(usable, settings.eval_fraction, settings.held_out_seed)
         plans = tuple(tuple(plan_epoch(train, lengths, settings.batch_tokens, processes, settings.seed, e))
                       for e in range(settings.epochs))
         eval_plan = tuple(plan_epoch(held, lengths, settings.batch_tokens, 1, settings.seed, 0, shuffle=False)) if held else ()

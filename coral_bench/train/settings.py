@@ -64,6 +64,11 @@ class TrainSettings:
     init: str = "identity"
     loss_vocab: int = 0  # > 0: soft CE / top-K over the most frequent training tokens only (a CPU lever)
     max_sequences: int | None = None  # train on the first N training sequences (sweeps on a shorter budget)
+    split_seed: int | None = None  # the held-out split's seed (None: seed): seeds compared on one held-out set
+
+    @property
+    def held_out_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     def __post_init__(self) -> None:
         checks = [
