@@ -71,7 +71,9 @@ def main() -> None:
     keys = tuple(k for k in args.keys.split(",") if k)
     rows = [row(p, keys) for p in args.trials if (p / "config.json").is_file()]
     if args.select:
-        print("# Selected by: python scripts/sweep_table.py SWEEP/*/ --select (highest held-out τ̂ per method)")
+        print("# Options per method for the full training runs (scripts/train_cpu.sh), one \"method options\" line\n"
+              "# each; a method not listed keeps its defaults. Selected from the tuning sweep by\n"
+              "# python scripts/sweep_table.py SWEEP/*/ --select (highest held-out τ̂ per method)")
         print("\n".join(select(rows)))
         return
     print("| trial | method | " + " | ".join(keys) + " | held-out top-1 by depth | τ̂ (chain proxy) | slots | s | complete |")
