@@ -24,4 +24,19 @@ grep -v "^#" scripts/sweep-trials.txt | while read -r method name args; do
     --loss-vocab "$LOSS_VOCAB" --max-sequences "$SUBSET" --threads 2 --checkpoint-every 10 --resume $args \
     < /dev/null || exit $?
 done
-python3 scripts/sweep_table.py "$OUT"/*/
+# Noise: NOISE_TRIALS again with another --seed on the same held-out split (--split-seed 0), in a
+# folder of their own so that --select never sees them: how far apart one setting lands by chance.
+NOISE_TRIALS=${NOISE_TRIALS:-coral-tc0.1-l0.1 hass-k10-d1}; NOISE_SEEDS=${NOISE_SEEDS:-1}
+for trial in $NOISE_TRIALS; do
+  read -r method name args < <(grep -v "^#" scripts/sweep-trials.txt | awk -v t="$trial" '$1 "-" $2 == t')
+  [[ -n ${method:-} ]] || { echo "no trial $trial in scripts/sweep-trials.txt" >&2; exit 1; }
+  for seed in $NOISE_SEEDS; do
+    dir=$OUT-noise/$trial-seed$seed
+    if complete "$dir"; then echo "$trial seed $seed: done"; continue; fi
+    echo "$trial seed $seed: training ($(date -u +%H:%M))"
+    $CB train --method "$method" --data "$DATA" --out "$dir" --epochs 1 --lr "$LR" --batch-tokens "$BATCH_TOKENS" \
+      --loss-vocab "$LOSS_VOCAB" --max-sequences "$SUBSET" --threads 2 --checkpoint-every 10 --resume $args \
+      --seed "$seed" --split-seed 0 < /dev/null || exit $?
+  done
+done
+python3 scripts/sweep_table.py "$OUT"/*/ "$OUT-noise"/*/
