@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # After scripts/train_cpu.sh, in STEPS order (each skipped when done, an interrupted run resumed):
 #   ship      copy the three drafters into coral_bench/assets (scripts/ship_drafter.py)
+#   router    retrain the shipped router setting (SHIP_ROUTER=RULE:N:K, default the sweep's choice
+#             frequency:8:1) on $DRAFTERS/coral and ship it as coral-router (untimed, minutes)
 #   runs      time RUN_DRAFTERS against vanilla on SUITES (--require-idle: nothing else may run)
 #   profile   latency profile of each run, then the cost model's prediction (timed too)
 #   auto      the three objectives with the tree the cost model picks here (`--tree auto`) on
@@ -25,13 +27,23 @@ THREADS=${THREADS:-2}  # torch threads of the untimed steps
 CB=${CB:-.venv/bin/coral-bench}; PY=${PY:-.venv/bin/python}
 # the timed drafters: names run the shipped weights; add LABEL=NAME:CKPT@... specs as you like
 RUN_DRAFTERS=${RUN_DRAFTERS:-eagle2 hass coral oracle}
-STEPS=${STEPS:-ship runs profile routers replays}
+STEPS=${STEPS:-ship router runs profile routers replays}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 
 if has ship; then
   for m in eagle2 hass coral; do
     $PY scripts/ship_drafter.py "$DRAFTERS/$m" "$m" --replace || exit $?
   done
+fi
+
+if has router; then  # CORAL's two stages: the router is trained on the stage-1 drafter it will serve
+  IFS=: read -r rule n k <<< "${SHIP_ROUTER:-frequency:8:1}"; out="$DRAFTERS/coral-router-$rule-$n-k$k"
+  if [[ ! -f $out/config.json ]]; then
+    rm -rf "$out"  # not resumable (minutes): a cut one starts again
+    $CB train-router --drafter "$DRAFTERS/coral" --data "$DATA" --router-groups "$n" --router-k "$k" \
+      --partition "$rule" --max-sequences "$ROUTER_SEQ" --eval-fraction 0.02 --threads "$THREADS" --out "$out" || exit $?
+  fi
+  $PY scripts/ship_drafter.py "$out" coral-router --replace || exit $?
 fi
 
 run_once() {  # OUT, then run options: skip a finished run, resume an interrupted one
