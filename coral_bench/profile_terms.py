@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .clock import Clock
 from .curves import Curve, Grid
 from .draft_costs import EarlyExitCosts, HeadRowCosts
-from .drafters.router import RoutedHead, SubsetHead
+from .drafters.draft_heads import RoutedHead, SubsetHead
 from .profile_forwards import (RegionProfile, RegionTimer, median_repeat, median_time, random_ids, target_modules,
                                target_regions)
 from .target import EarlyExitDraft, Target

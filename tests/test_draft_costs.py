@@ -7,7 +7,9 @@ from coral_bench import profile as pf
 from coral_bench import profile_noop as noop
 from coral_bench.curves import Curve, Grid
 from coral_bench.draft_costs import EarlyExitCosts, HeadRowCosts
-from coral_bench.drafters.router import HeadLayout, RoutedHead, Router, SubsetHead, contiguous_grouping
+from coral_bench.drafters.draft_heads import HeadLayout, RoutedHead, SubsetHead
+from coral_bench.drafters.router import Router
+from coral_bench.drafters.vocab_grouping import contiguous_grouping
 from coral_bench.profile_terms import head_row_costs
 from coral_bench.records import SampleRecord
 from coral_bench.speedup import (DrafterCosts, ForwardCosts, LoopCosts, TargetCosts, costs_from_json, cycle_time,

@@ -20,9 +20,10 @@ from coral_bench.drafters.checkpoint import CheckpointError, embedding_sha256, l
 from coral_bench.drafters.eagle import EagleDrafter, build_eagle, build_routed
 from coral_bench.drafters.eagle_model import EagleModel
 from coral_bench.drafters.registry import DRAFTERS, build_drafter
-from coral_bench.drafters.router import (COUNTS_KEY, G2T_KEY, PARTITIONS, HeadLayout, RoutedHead, Router,
-                                         SubsetHead, VocabGrouping, balanced_assign,
-                                         make_grouping, router_description)
+from coral_bench.drafters.draft_heads import HeadLayout, RoutedHead, SubsetHead
+from coral_bench.drafters.router import Router, router_description
+from coral_bench.drafters.vocab_grouping import (COUNTS_KEY, G2T_KEY, PARTITIONS, VocabGrouping, balanced_assign,
+                                                 make_grouping)
 from coral_bench.methods import DrafterSpec, MethodError, join_argument, split_argument
 from coral_bench.sampling import SamplingConfig
 from coral_bench.target import Target

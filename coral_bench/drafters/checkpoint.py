@@ -27,7 +27,8 @@ import torch
 
 from .base import DrafterError
 from .eagle_model import EagleConfig, EagleConfigError, EagleModel
-from .router import COUNTS_KEY, PREFIX as ROUTER_PREFIX, router_problems
+from .router import PREFIX as ROUTER_PREFIX, router_problems
+from .vocab_grouping import COUNTS_KEY
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"

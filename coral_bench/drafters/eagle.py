@@ -10,7 +10,7 @@ at RoPE position s; the cache holds slots built from real target features only:
   output; tree entries are appended to the cache while expanding and dropped afterwards.
 
 Draft head (METHODS.md §6): by default the target's full LM head + log-softmax + top-k. A
-:class:`~coral_bench.drafters.router.DraftHead` replaces it: CORAL's routed head (``coral-router``,
+:class:`~coral_bench.drafters.draft_heads.DraftHead` replaces it: CORAL's routed head (``coral-router``,
 each tree node picks its own groups; |∪ selected groups| per forward goes into
 ``DraftTree.head_union``) or FR-Spec's frequency subset (``@vocab=V`` on any EAGLE-style drafter).
 Settings ride on the checkpoint argument: ``NAME:CKPT@vocab=V@freq=STORE@router_k=K@score=S``
@@ -31,8 +31,9 @@ from ..tree import DraftTree, TreeShape, Verdict, forwards_for_depth
 from .base import DraftContext, DrafterError, DrafterSettings, generator_for
 from .checkpoint import EagleCheckpoint, load_checkpoint
 from .eagle_model import DraftKVCache, EagleConfig, EagleConfigError, EagleModel
-from .router import (COUNTS_KEY, SCORES, DraftHead, HeadLayout, RoutedHead, SubsetHead, grouping_from,
-                     router_from, store_token_counts)
+from .draft_heads import DraftHead, HeadLayout, RoutedHead, SubsetHead
+from .router import SCORES, grouping_from, router_from
+from .vocab_grouping import COUNTS_KEY, store_token_counts
 
 RANDOM_CHECKPOINT = "random"
 

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from ..drafters.checkpoint import load_checkpoint, save_checkpoint
-from ..drafters.router import (CLUSTER_ITERATIONS, COUNTS_KEY, PARTITIONS, ROUTER_WIDTH, SCORES, Router,
-                               VocabGrouping, make_grouping, router_description)
+from ..drafters.router import ROUTER_WIDTH, SCORES, Router, router_description
+from ..drafters.vocab_grouping import CLUSTER_ITERATIONS, COUNTS_KEY, PARTITIONS, VocabGrouping, make_grouping
 from ..target import Target
 from .batching import TrainBatch, collate, mix_seed
 from .loop import Frozen, TrainingData, _check_store, lr_factor, training_counts
