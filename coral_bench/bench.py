@@ -23,6 +23,7 @@ from .decode import Generation, generate
 from .drafters.base import Drafter, DrafterSettings, generator_for
 from .drafters.eagle import EagleInfo
 from .drafters.registry import DRAFTERS, build_drafter
+from .equality import equality, first_divergence
 from .loading import LoadedTarget, load_target
 from .methods import DrafterSpec, MethodError, PeerSpec, check_unique
 from .peers import HF_VANILLA, PEERS, HfPeer, PeerError, PeerFailure, build_peer
@@ -30,7 +31,7 @@ from .provenance import provenance, session_event
 from .reference import GreedyReference
 from .records import SampleRecord
 from .sampling import SamplingConfig
-from .stats import compare, equality, first_divergence, summarize
+from .stats import compare, summarize
 from .suites import Question, Suite, limit, load_suite
 from .tree import TreeShape
 from .tree_auto import AutoSettings, TreeChoice, auto_tree

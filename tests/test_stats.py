@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from coral_bench.records import STOP_EOS, STOP_LENGTH, SampleRecord
+from coral_bench.equality import equality, first_divergence
 from coral_bench.stats import (
     compare,
-    equality,
-    first_divergence,
     paired_difference,
     percentiles,
     question_taus,
