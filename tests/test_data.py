@@ -17,9 +17,10 @@ from coral_bench.suites import load_suite
 from coral_bench.target import Target
 from coral_bench.tiny import tiny_model
 from coral_bench.train import prompts as P
-from coral_bench.train.data import (DataConfig, DataError, OnlineFeatures, conversation_mask, features_from_ids,
-                                    generate_batch, generate_store, plan_batches, response_length, select_prompts,
-                                    teacher_forced, window_sorted)
+from coral_bench.train.data import (DataConfig, DataError, features_from_ids, generate_store, plan_batches,
+                                    select_prompts, window_sorted)
+from coral_bench.train.online import OnlineFeatures
+from coral_bench.train.target_passes import conversation_mask, generate_batch, response_length, teacher_forced
 from coral_bench.train.overlap import OverlapIndex, words
 from coral_bench.train.store import FeatureStore
 

@@ -362,7 +362,7 @@ def test_max_sequences_trains_on_a_prefix_with_the_same_held_out_split(store_dir
     small = {**SMALL, "loss_vocab": 20}
     full = train(store_dir, tmp_path / "full", settings_for("hass", **small), target64)
     capped = train(store_dir, tmp_path / "capped", settings_for("hass", max_sequences=2, **small), target64)
-    opened = TrainingData.open(store_dir, settings_for("hass", **small), 1, 64)
+    opened = TrainingData.open(store_dir, settings_for("hass", **small), 1, target64)
     assert capped.metadata["data"]["train_sequences"] == 2 < full.metadata["data"]["train_sequences"]
     assert capped.metadata["data"]["eval_sequences"] == full.metadata["data"]["eval_sequences"]
     assert capped.tokens < full.tokens and capped.metadata["settings"]["max_sequences"] == 2
@@ -373,9 +373,9 @@ def test_max_sequences_trains_on_a_prefix_with_the_same_held_out_split(store_dir
         settings_for("hass", max_sequences=0)
 
 
-def test_split_seed_fixes_the_held_out_split_across_seeds(store_dir):
+def test_split_seed_fixes_the_held_out_split_across_seeds(store_dir, target64):
     def split(**kw):
-        data = TrainingData.open(store_dir, settings_for("hass", eval_fraction=0.3, **kw), 1, 64)
+        data = TrainingData.open(store_dir, settings_for("hass", eval_fraction=0.3, **kw), 1, target64)
         return data.train, data.eval
 
     assert split(seed=1, split_seed=0) == split(seed=0)  # same held-out sequences, same training subset
@@ -392,7 +392,7 @@ def test_output_is_an_eagle_checkpoint_with_provenance(store_dir, target64, tmp_
     meta = ckpt.metadata
     assert meta["method"] == "hass" and meta["loss"]["distill_k"] == 10 and meta["loss"]["distill_weight"] == 1.0
     assert meta["multistep"]["steps"] == 3 and meta["multistep"]["history"] == "keep-real"
-    assert meta["data"]["manifest_sha256"] == TrainingData.open(store_dir, settings, 1, 64).manifest_sha256
+    assert meta["data"]["manifest_sha256"] == TrainingData.open(store_dir, settings, 1, target64).manifest_sha256
     assert meta["budget"]["optimizer_steps"] == result.optimizer_steps and meta["budget"]["tokens"] == result.tokens
     assert "git_hash" in meta and meta["eval"]["accuracy"] and len(meta["eval"]["accuracy"]) == 3
     records = [json.loads(x) for x in (tmp_path / "hass" / "train-log.jsonl").read_text().splitlines()]
@@ -424,6 +424,50 @@ def test_refuses_stores_it_cannot_train_on(store_dir, target64, tmp_path):
         (copy / "manifest.json").write_text(json.dumps({**manifest, **change}))
         with pytest.raises(TrainError, match=message):
             train(copy, tmp_path / "out", settings_for("eagle2", **SMALL), target64)
+
+
+
+def ids_only_copy(store_dir: Path, path: Path) -> Path:
+    """The store's ids and loss masks without features (as ``gen-data --ids-only`` writes them)."""
+    source = FeatureStore(store_dir)
+    manifest = {**source.manifest, "features": None}
+    manifest.pop("shards", None)
+    writer = StoreWriter(path, manifest, shard_tokens=60, dtype=D)
+    for i in range(len(source)):
+        seq = source[i]
+        writer.add(seq.ids, torch.empty(seq.ids.shape[0], 0, dtype=D), seq.loss_mask)
+    writer.close()
+    return path
+
+
+def test_online_features_train_as_stored_features_do(store_dir, target64, tmp_path):
+    """``--online-features`` on an ids-only store: the target's teacher-forced features, computed per
+    batch, give the same run as the stored features (fp64, up to the batched forward's rounding)."""
+    ids_only = ids_only_copy(store_dir, tmp_path / "ids")
+    with pytest.raises(TrainError, match="ids-only"):
+        train(ids_only, tmp_path / "refused", settings_for("coral", **SMALL), target64)
+    stored = train(store_dir, tmp_path / "stored", settings_for("coral", **SMALL), target64)
+    online = train(ids_only, tmp_path / "online", settings_for("coral", features="online", **SMALL), target64)
+    assert online.optimizer_steps == stored.optimizer_steps >= 5 and online.tokens == stored.tokens
+    a, b = final_state(tmp_path / "stored")["model"], final_state(tmp_path / "online")["model"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-9, atol=1e-11, msg=key)
+    loss_a = [r["loss"] for r in log_steps(tmp_path / "stored")]
+    loss_b = [r["loss"] for r in log_steps(tmp_path / "online")]
+    assert loss_b == pytest.approx(loss_a, rel=1e-9)
+    assert online.metadata["settings"]["features"] == "online"
+
+
+def test_a_setting_added_later_resumes_at_its_default():
+    """A checkpoint written before a setting existed made its run with that setting's default."""
+    from coral_bench.train.state import settings_differences
+
+    now = settings_for("coral", **SMALL)
+    older = now.to_dict()
+    del older["features"]
+    assert settings_differences(older, now) == []
+    assert settings_differences(older, settings_for("coral", features="online", **SMALL)) == [
+        "features: 'stored' → 'online'"]
 
 
 def test_cli_train(store_dir, tmp_path):
@@ -466,8 +510,8 @@ def test_two_process_ddp_equals_one_process(store_dir, target64, tmp_path):
         "coral": settings_for("coral", **common),
         "coral-in-batch": settings_for("coral", csra_negatives="in-batch", csra_weight=0.5, **common),
     }
-    data = TrainingData.open(store_dir, runs["coral"], 2, 64)
-    assert data.plans == TrainingData.open(store_dir, runs["coral"], 1, 64).plans  # the same global batches
+    data = TrainingData.open(store_dir, runs["coral"], 2, target64)
+    assert data.plans == TrainingData.open(store_dir, runs["coral"], 1, target64).plans  # the same global batches
     lengths = data.lengths
     unequal = [sum(lengths[i] for i in shard(b, lengths, 0, 2)) != sum(lengths[i] for i in shard(b, lengths, 1, 2))
                for b in data.plans[0]]

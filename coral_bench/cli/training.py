@@ -151,12 +151,16 @@ def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_
 @click.option("--max-sequences", type=click.IntRange(min=1), metavar="N",
               help="Train on the first N training sequences only (sweeps on a shorter budget; the held-out "
                    "split and --loss-vocab's token counts stay those of the whole store). Default: all.")
+@click.option("--online-features", "online", is_flag=True,
+              help="Compute each batch's features with the target (a teacher-forced forward per step) instead of "
+                   "reading the store's: for feature caches that would not fit on disk. The store may be ids-only "
+                   "(gen-data --ids-only). Costs one target forward per batch.")
 @click.option("--device", help="cpu, cuda… Default: Accelerate's device for this process.")
 @click.option("--threads", type=int, help="torch threads (recorded). Default: torch's.")
 def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_tokens, steps, history,
           csra_temperature, csra_weight, csra_negatives, csra_anchor, distill_k, distill_weight, step_decay,
           loss_vocab, feature_noise, seed, split_seed, dtype, checkpoint_every, resume, time_limit, eval_fraction,
-          max_sequences, device, threads):
+          max_sequences, online, device, threads):
     """Train an EAGLE-2 / HASS / CORAL drafter on a feature store (single process or `accelerate launch`)."""
     import torch
     from accelerate import PartialState
@@ -183,7 +187,7 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
         batch_tokens=batch_tokens, history=history, csra_temperature=csra_temperature, csra_negatives=csra_negatives,
         csra_anchor=csra_anchor, distill_k=distill_k, step_decay=step_decay, feature_noise=feature_noise, seed=seed,
         dtype=dtype, checkpoint_every=checkpoint_every, eval_fraction=eval_fraction, loss_vocab=loss_vocab,
-        max_sequences=max_sequences, split_seed=split_seed, **loss)
+        max_sequences=max_sequences, split_seed=split_seed, features="online" if online else "stored", **loss)
     state = PartialState(cpu=device == "cpu")
     dev = device or str(state.device)
     loaded = load_target(target, dtype="float64" if dtype == "fp64" else "float32", device=dev)

@@ -21,7 +21,7 @@ from typing import Sequence as Seq
 
 import torch
 
-from .store import FeatureStore
+from .store import FeatureStore, Sequence
 
 POOL = 1024  # sequences sorted together before cutting batches ("sortish": some randomness per epoch)
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant for seed mixing
@@ -139,7 +139,11 @@ def shard(batch: Seq[int], lengths: Seq[int], rank: int, world: int) -> tuple[in
 
 def collate(store: FeatureStore, indices: Seq[int], dtype: torch.dtype) -> TrainBatch:
     """Pad the slots of ``indices`` (store order kept) into one batch on the CPU."""
-    seqs = [store[i] for i in indices]
+    return collate_sequences([store[i] for i in indices], indices, dtype)
+
+
+def collate_sequences(seqs: Seq[Sequence], indices: Seq[int], dtype: torch.dtype) -> TrainBatch:
+    """Pad the slots of ``seqs`` (the store's sequences ``indices``, in that order) into one batch."""
     if not seqs:
         raise ValueError("cannot collate an empty batch")
     width = max(slot_count(s.ids.shape[0]) for s in seqs)

@@ -36,12 +36,11 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence as Seq
+from collections.abc import Callable, Sequence as Seq
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, StaticCache
 
 from ..chat import render, template_hash
 from ..devices import DTYPES
@@ -49,7 +48,8 @@ from ..loading import LoadedTarget
 from ..target import Target
 from .overlap import OverlapIndex
 from .prompts import DEFAULT_SOURCES, Prompt, load_sources, parse_sources, shuffled
-from .store import MANIFEST, FeatureStore, Sequence, StoreError, StoreWriter, read_manifest
+from .store import MANIFEST, FeatureStore, StoreError, StoreWriter, read_manifest
+from .target_passes import AssemblyError, Generation, conversation_mask, generate_batch, teacher_forced
 
 KIND = "coral-bench-training-data"
 RESPONSE_MODES = ("generate", "dataset")
@@ -219,118 +219,6 @@ def plan_batches(lengths: Seq[int], batch_size: int, max_batch_tokens: int) -> l
     return batches
 
 
-# ---- sequences: masks from lengths -------------------------------------------------------------
-class AssemblyError(ValueError):
-    """An earlier answer could not be located in the re-rendered conversation."""
-
-
-def conversation_mask(rounds: Seq[Seq[int]], response: Seq[int], eos_ids: Seq[int]) -> torch.Tensor:  # [L] bool
-    """Loss mask of ``rounds[-1] + response``: the response, and each earlier answer inside the last
-    prompt. ``rounds[j]`` is the prompt of round j (it ends with the generation prompt); answer j
-    starts right after it and ends at the first EOS, included. Built from lengths, never from pad ids."""
-    last = list(rounds[-1])
-    mask = torch.zeros(len(last) + len(response), dtype=torch.bool)
-    eos = set(eos_ids)
-    for prompt in rounds[:-1]:
-        start = len(prompt)
-        if last[:start] != list(prompt):
-            raise AssemblyError("a later round's rendering does not extend the earlier one")
-        end = next((t for t in range(start, len(last)) if last[t] in eos), None)
-        if end is None:
-            raise AssemblyError("no end-of-turn token after an earlier answer")
-        mask[start : end + 1] = True
-    mask[len(last) :] = True
-    return mask
-
-
-def response_length(generated: torch.Tensor, eos_ids: Seq[int]) -> tuple[int, bool]:
-    """(length up to and including the first EOS, or all of it; whether no EOS came: hit max)."""
-    is_eos = torch.isin(generated, torch.tensor(list(eos_ids), device=generated.device))
-    if bool(is_eos.any()):
-        return int(is_eos.int().argmax()) + 1, False
-    return int(generated.shape[0]), True
-
-
-# ---- the target's passes -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Generation:
-    ids: torch.Tensor  # [P + R] prompt + response, no padding
-    prompt_len: int
-    features: torch.Tensor | None  # [P + R, H]
-    hit_max: bool
-
-
-@torch.no_grad()
-def generate_batch(target: Target, prompts: Seq[Seq[int]], max_new_tokens: int, temperature: float = 0.0,
-                   features: bool = True) -> list[_Generation]:
-    """Generate a response for each prompt in one left-padded batch; optionally with the post-norm
-    last-layer features of every position of each unpadded prompt + response."""
-    model = target.model
-    device = target.device
-    eos = list(target.eos_token_ids)
-    pad = eos[0]
-    lengths = [len(p) for p in prompts]
-    width = max(lengths)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-        mask[i, width - len(p) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    # A fresh config: the target's own (repetition penalties, sampling defaults…) must not leak in.
-    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
-    # disable_compile: on CUDA a static cache would make generate torch.compile the forward, and every
-    # batch (its own size and width) would recompile.
-    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, use_cache=True,
-                              return_dict_in_generate=True, output_hidden_states=features, disable_compile=True,
-                              **sampling)
-    # Our own preallocated cache: a dynamic one concatenates every layer's keys and values at every
-    # step (at batch 64 × 1,000 positions that copies more memory than the step computes), and
-    # generate's own static cache has no room for the one extra step below.
-    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, cache=cache)
-    sequences = out.sequences  # [B, width + n]
-    steps = sequences.shape[1] - width
-    feats = None
-    if features:
-        # hidden_states[s][-1]: the last layer after the final norm (DESIGN.md §3) for the inputs of
-        # step s: the whole padded prompt at s = 0, then the token sampled at step s − 1.
-        feats = torch.cat([h[-1] for h in out.hidden_states], dim=1)  # [B, width + steps − 1, H]
-    results = []
-    ends = []
-    for i in range(len(prompts)):
-        length, hit = response_length(sequences[i, width:], eos)
-        ends.append((length, hit))
-    if features and any(length == steps for length, _ in ends):
-        # Rows whose last token came from the last step: generate never ran that token. One more
-        # cached step over the whole batch gives its feature (positions continue as generate's:
-        # cumsum of the attention mask − 1).
-        full = torch.cat([mask, torch.ones(len(prompts), steps, dtype=mask.dtype, device=device)], dim=1)
-        positions = (mask.sum(dim=1, keepdim=True) + steps - 1).long()
-        last = model.model(input_ids=sequences[:, -1:], attention_mask=full, position_ids=positions, cache=cache,
-                           use_cache=True).last_hidden_state  # [B, 1, H]
-        feats = torch.cat([feats, last], dim=1)
-    for i, (length, hit) in enumerate(ends):
-        lo, hi = width - lengths[i], width + length
-        # clone: a view would keep the whole padded batch alive until its shard is written
-        results.append(_Generation(sequences[i, lo:hi].cpu().clone(), lengths[i],
-                                   None if feats is None else feats[i, lo:hi].cpu().clone(), hit))
-    del out, feats
-    return results
-
-
-@torch.no_grad()
-def teacher_forced(target: Target, sequences: Seq[torch.Tensor]) -> list[torch.Tensor]:
-    """Post-norm last-layer features [L, H] of each sequence, from one right-padded causal forward.
-    Right padding needs no mask: with causal attention no real token ever sees a pad."""
-    lengths = [int(s.shape[0]) for s in sequences]
-    ids = torch.full((len(sequences), max(lengths)), target.eos_token_ids[0], dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, : lengths[i]] = s
-    hidden = target.model.model(input_ids=ids.to(target.device), use_cache=False).last_hidden_state
-    return [hidden[i, :n].cpu().clone() for i, n in enumerate(lengths)]
-
-
 def build_generated(loaded: LoadedTarget, prompts: Seq[Prompt], first_ids: Seq[Seq[int]], config: DataConfig,
                     seed: int) -> list[Built]:
     """Self-distillation for one batch: the target answers turn 1, then (``config.turns`` > 1) each
@@ -341,7 +229,7 @@ def build_generated(loaded: LoadedTarget, prompts: Seq[Prompt], first_ids: Seq[S
     capture = config.capture == "generate" and not config.ids_only
     rounds: list[list[list[int]]] = [[list(ids)] for ids in first_ids]
     answers: list[list[str]] = [[] for _ in prompts]
-    results: list[tuple[_Generation, torch.Tensor] | None] = [None] * len(prompts)
+    results: list[tuple[Generation, torch.Tensor] | None] = [None] * len(prompts)
     generated = [0] * len(prompts)
     active = list(range(len(prompts)))
     for r in range(config.turns):
@@ -632,47 +520,5 @@ def features_from_ids(loaded: LoadedTarget, source: Path, out: Path, batch_size:
     return session.finish()
 
 
-# ---- online features ---------------------------------------------------------------------------
-class OnlineFeatures:
-    """The sequences of a store (ids-only or full) with features computed on the fly by a
-    teacher-forced forward of the target: for caches that would not fit on disk. Yields the same
-    ``Sequence`` values as ``FeatureStore``, so a trainer can consume either."""
-
-    def __init__(self, target: Target, source: FeatureStore | Path | str, dtype: torch.dtype | None = None):
-        self.target = target
-        self.store = source if isinstance(source, FeatureStore) else FeatureStore(Path(source))
-        self.dtype = dtype  # e.g. torch.bfloat16 to round like a stored cache; None: the target's dtype
-        self.manifest = self.store.manifest
-        self._ready: dict[int, Sequence] = {}  # prefetched, handed out once
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def lengths(self) -> list[int]:
-        return self.store.lengths()
-
-    def __getitem__(self, item: int) -> Sequence:
-        if item in self._ready:
-            return self._ready.pop(item)
-        return self.batch([item])[0]
-
-    def batch(self, items: Seq[int]) -> list[Sequence]:
-        """Several sequences from one padded forward (cheaper than one by one)."""
-        seqs = [self.store[i] for i in items]
-        feats = teacher_forced(self.target, [s.ids for s in seqs])
-        return [Sequence(s.ids, f if self.dtype is None else f.to(self.dtype), s.loss_mask) for s, f in zip(seqs, feats)]
-
-    def prefetch(self, items: Seq[int]) -> None:
-        """Compute ``items`` in one forward now; each is handed out once by ``self[i]`` (a trainer's
-        collate that indexes one sequence at a time then costs one batched forward per batch)."""
-        todo = [i for i in items if i not in self._ready]
-        if todo:
-            self._ready.update(zip(todo, self.batch(todo)))
-
-    def __iter__(self) -> Iterator[Sequence]:
-        for i in range(len(self)):
-            yield self[i]
-
-
-__all__ = ["DataConfig", "DataError", "DataProgress", "OnlineFeatures", "StoreError", "features_from_ids",
-           "generate_store", "select_prompts", "teacher_forced", "generate_batch"]
+__all__ = ["DataConfig", "DataError", "DataProgress", "StoreError", "features_from_ids", "generate_store",
+           "select_prompts"]

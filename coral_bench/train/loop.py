@@ -43,9 +43,10 @@ import torch.nn.functional as F
 from ..drafters.checkpoint import save_checkpoint
 from ..drafters.eagle_model import EagleConfig, EagleModel
 from ..target import Target
-from .batching import TrainBatch, collate, feature_noise, mix_seed, plan_epoch, shard, slot_count, split_eval
+from .batching import TrainBatch, collate_sequences, feature_noise, mix_seed, plan_epoch, shard, slot_count, split_eval
 from .losses import (CombinedLoss, LossInputs, SingleProcess, TorchDistributed, combine, loss_parts)
 from .multistep import MultiStepDrafter, step_valid
+from .online import OnlineFeatures
 from .reporting import EvalResult, NullReporter, Reporter, StepLog
 from .settings import METHODS, TrainError, TrainSettings
 from .state import (LOG_FILE, STATE_DIR, STATE_FILE, Position, last_logged_eval, save_state, set_rng_states,
@@ -99,7 +100,8 @@ def manifest_sha256(store_path: Path) -> str:
 
 @dataclass(frozen=True)
 class TrainingData:
-    """The store, its split and every epoch's plan."""
+    """The store, its split and every epoch's plan; ``online`` computes each batch's features with the
+    target (a teacher-forced forward) instead of reading the store's, which may then be ids-only."""
 
     store: FeatureStore = field(repr=False)
     lengths: tuple[int, ...]  # [S] tokens per store sequence
@@ -109,17 +111,20 @@ class TrainingData:
     plans: tuple[tuple[tuple[int, ...], ...], ...]  # [epochs][batches] global batches
     eval_plan: tuple[tuple[int, ...], ...]
     manifest_sha256: str
+    online: OnlineFeatures | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, path: Path, settings: TrainSettings, processes: int, hidden: int) -> "TrainingData":
+    def open(cls, path: Path, settings: TrainSettings, processes: int, target: Target) -> "TrainingData":
         store = FeatureStore(path)
         if len(store) == 0:
             raise TrainError(f"feature store {path} holds no sequences")
+        online = OnlineFeatures(target, store) if settings.features == "online" else None
+        hidden = target.hidden_size
         lengths = tuple(int(n) for n in store.lengths())
         usable = []
         for i in range(len(store)):
             seq = store[i]
-            if seq.features.shape[1] != hidden:
+            if online is None and seq.features.shape[1] != hidden:
                 raise TrainError(f"feature store {path} has hidden size {seq.features.shape[1]}, "
                                  f"the target {hidden}")
             if lengths[i] >= 3 and bool(seq.loss_mask[2:].any()):
@@ -130,7 +135,13 @@ class TrainingData:
         plans = tuple(tuple(plan_epoch(train, lengths, settings.batch_tokens, processes, settings.seed, e))
                       for e in range(settings.epochs))
         eval_plan = tuple(plan_epoch(held, lengths, settings.batch_tokens, 1, settings.seed, 0, shuffle=False)) if held else ()
-        return cls(store, lengths, train, held, len(store) - len(usable), plans, eval_plan, manifest_sha256(path))
+        return cls(store, lengths, train, held, len(store) - len(usable), plans, eval_plan, manifest_sha256(path),
+                   online)
+
+    def batch(self, indices: tuple[int, ...], dtype: torch.dtype) -> TrainBatch:
+        """The padded batch of these store sequences, with stored or online features."""
+        seqs = self.online.batch(indices) if self.online is not None else [self.store[i] for i in indices]
+        return collate_sequences(seqs, indices, dtype)
 
     def slots_of(self, batch: tuple[int, ...]) -> int:
         return sum(slot_count(self.lengths[i]) for i in batch)
@@ -243,7 +254,7 @@ def evaluate(core: MultiStepDrafter, data: TrainingData, frozen: Frozen, setting
     slots = 0
     frozen = frozen.full()  # held-out losses and agreement over the whole vocabulary
     for batch_ids in data.eval_plan:
-        batch = collate(data.store, batch_ids, frozen.dtype)
+        batch = data.batch(batch_ids, frozen.dtype)
         slots += batch.slots
         combined, inputs = batch_loss(core, batch, frozen, settings, one)
         for name, value in combined.terms.items():
@@ -313,8 +324,8 @@ def train(
     log_path = out / LOG_FILE
     master = torch.float64 if settings.dtype == "fp64" else torch.float32
     target.model.requires_grad_(False)  # frozen embedding and LM head
-    _check_store(read_manifest(Path(store_path)), target, store_path)  # before reading any shard
-    data = TrainingData.open(Path(store_path), settings, acc.num_processes, target.hidden_size)
+    _check_store(read_manifest(Path(store_path)), target, store_path, settings.features)  # before reading any shard
+    data = TrainingData.open(Path(store_path), settings, acc.num_processes, target)
     vocab, coverage = None, 1.0
     if settings.loss_vocab:
         counts = training_counts(data, target.vocab_size)
@@ -483,8 +494,8 @@ class _Batches:
         self.pending: tuple[tuple[int, int, int], Future] | None = None
 
     def make(self, epoch: int, b: int, step: int) -> TrainBatch:
-        batch = collate(self.data.store, shard(self.data.plans[epoch][b], self.data.lengths, self.rank, self.processes),
-                        self.dtype)
+        batch = self.data.batch(shard(self.data.plans[epoch][b], self.data.lengths, self.rank, self.processes),
+                                self.dtype)
         noise = feature_noise(batch, self.settings.feature_noise, self.settings.seed, step)
         return replace(batch, features=batch.features + noise)
 
@@ -513,12 +524,14 @@ def _out_of_time(acc, started: float, limit_s: float) -> bool:
     return bool(acc.reduce(late, reduction="max").item()) if acc.num_processes > 1 else bool(late.item())
 
 
-def _check_store(manifest: dict[str, Any], target: Target, where: str | Path) -> None:
-    """Refuse ids-only and unfinished stores, and stores built with another target's embedding."""
+def _check_store(manifest: dict[str, Any], target: Target, where: str | Path, features: str = "stored") -> None:
+    """Refuse unfinished stores, stores built with another target's embedding, and ids-only stores
+    unless the features are computed online."""
     from ..drafters.checkpoint import embedding_sha256
 
-    if "features" in manifest and manifest["features"] is None:
-        raise TrainError(f"{where} is an ids-only store: compute its features first (gen-data --from-ids)")
+    if features == "stored" and "features" in manifest and manifest["features"] is None:
+        raise TrainError(f"{where} is an ids-only store: compute its features first (gen-data --from-ids) "
+                         "or train with --online-features")
     if manifest.get("complete") is False:
         raise TrainError(f"{where} is incomplete: finish it first (gen-data --resume)")
     identity = manifest.get("target")

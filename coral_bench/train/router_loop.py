@@ -34,7 +34,7 @@ from ..drafters.checkpoint import load_checkpoint, save_checkpoint
 from ..drafters.router import ROUTER_WIDTH, SCORES, Router, router_description
 from ..drafters.vocab_grouping import CLUSTER_ITERATIONS, COUNTS_KEY, PARTITIONS, VocabGrouping, make_grouping
 from ..target import Target
-from .batching import TrainBatch, collate, mix_seed
+from .batching import TrainBatch, mix_seed
 from .loop import Frozen, TrainingData, _check_store, lr_factor, training_counts
 from .multistep import MultiStepDrafter
 from .settings import settings_for
@@ -192,7 +192,7 @@ def evaluate_router(router: Router, core: MultiStepDrafter, data: TrainingData, 
     count = torch.zeros(steps, dtype=torch.float64)
     loss_sum = 0.0
     for batch_ids in data.eval_plan:
-        rows = router_rows(core, collate(data.store, batch_ids, frozen.dtype), frozen, grouping,
+        rows = router_rows(core, data.batch(batch_ids, frozen.dtype), frozen, grouping,
                            settings.recall_top_k, settings.head_chunk)
         logits = router(rows.features)
         loss_sum += float(router_loss(logits, rows, settings.label)) * rows.depth.numel()
@@ -259,7 +259,7 @@ def train_router(
     # The drafter's data plan (usable sequences, held-out split, length-bucketed batches) with these settings.
     plan_settings = settings_for("eagle2", epochs=settings.epochs, batch_tokens=settings.batch_tokens,
                                  eval_fraction=settings.eval_fraction, seed=settings.seed)
-    data = TrainingData.open(Path(store_path), plan_settings, 1, target.hidden_size)
+    data = TrainingData.open(Path(store_path), plan_settings, 1, target)
     vocab = target.vocab_size
     if settings.groups > vocab:
         raise RouterTrainError(f"router groups {settings.groups} exceed the vocabulary {vocab}")
@@ -291,7 +291,7 @@ def train_router(
     for epoch, plan in enumerate(data.plans):
         for batch_ids in plan:
             t0 = time.perf_counter()
-            rows = router_rows(core, collate(data.store, batch_ids, master), frozen, grouping,
+            rows = router_rows(core, data.batch(batch_ids, master), frozen, grouping,
                                settings.recall_top_k, settings.head_chunk)
             loss = router_loss(router(rows.features), rows, settings.label)
             lr = optimizer.param_groups[0]["lr"]

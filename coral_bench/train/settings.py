@@ -16,6 +16,7 @@ from .multistep import HISTORY
 DTYPES = ("fp32", "bf16", "fp64")  # bf16 = fp32 master weights + bf16 autocast
 SCHEDULES = ("cosine", "linear", "constant")
 INITS = ("identity", "random")
+FEATURE_SOURCES = ("stored", "online")  # online: the target computes each batch's features
 # Settings a resumed run may change without changing the result.
 RESUMABLE_CHANGES = ("checkpoint_every",)
 
@@ -65,6 +66,7 @@ class TrainSettings:
     loss_vocab: int = 0  # > 0: soft CE / top-K over the most frequent training tokens only (a CPU lever)
     max_sequences: int | None = None  # train on the first N training sequences (sweeps on a shorter budget)
     split_seed: int | None = None  # the held-out split's seed (None: seed): seeds compared on one held-out set
+    features: str = "stored"  # "online": a teacher-forced target forward per batch instead of the store's features
 
     @property
     def held_out_seed(self) -> int:
@@ -88,6 +90,7 @@ class TrainSettings:
             (self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.loss_vocab >= 0, "loss_vocab must be >= 0 (0: the full vocabulary)"),
             (self.max_sequences is None or self.max_sequences >= 1, "max_sequences must be >= 1"),
+            (self.features in FEATURE_SOURCES, f"features must be one of {FEATURE_SOURCES}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,11 @@ def save_state(path: Path, model: EagleModel, optimizer, scheduler, position: Po
 
 
 def settings_differences(saved: dict[str, Any], now: TrainSettings) -> list[str]:
+    """What differs between a checkpoint's settings and these. A setting the checkpoint lacks (added to
+    coral-bench after it was written) counts as its default: the run it made had that behaviour."""
     current = now.to_dict()
+    defaults = {f.name: f.default for f in fields(TrainSettings) if f.default is not MISSING}
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     return [f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in sorted(set(saved) | set(current))
             if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
 
