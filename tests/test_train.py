@@ -21,7 +21,8 @@ from coral_bench.drafters.eagle_model import EagleModel
 from coral_bench.target import Target, TargetOutput
 from coral_bench.train.batching import TrainBatch, collate, plan_epoch, shard, slot_count
 from coral_bench.train.losses import SingleProcess
-from coral_bench.train.loop import Frozen, TrainingData, batch_loss, drafter_config, train
+from coral_bench.train.loop import Frozen, batch_loss, drafter_config, train
+from coral_bench.train.training_data import TrainingData
 from coral_bench.train.multistep import MultiStepDrafter, step_mask, step_valid
 from coral_bench.train.reporting import NullReporter
 from coral_bench.train.settings import TrainError, settings_for
@@ -322,7 +323,7 @@ def test_prefetching_the_next_batch_changes_nothing(store_dir, target64, tmp_pat
 
 
 def test_most_frequent_breaks_ties_by_id_and_returns_ascending_ids():
-    from coral_bench.train.loop import most_frequent
+    from coral_bench.train.training_data import most_frequent
 
     counts = torch.tensor([5, 9, 0, 9, 1, 5])
     assert most_frequent(counts, 3).tolist() == [0, 1, 3]  # 9, 9, then the lower-id 5

@@ -20,7 +20,8 @@ Determinism: the data order is a function of (seed, epoch), the feature noise of
 index), so an interrupted and resumed run equals an uninterrupted one, and a 2-process run equals a
 1-process run with the same global batches (fp64, up to summation order).
 
-The settings live in ``settings.py``, the log records and progress display in ``reporting.py``, the
+The settings live in ``settings.py``, the data it reads (store, split, batch plans, stored or online
+features) in ``training_data.py``, the log records and progress display in ``reporting.py``, the
 resumable state (position, state.pt, the log's truncation) in ``state.py``.
 """
 
@@ -32,7 +33,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -43,15 +44,15 @@ import torch.nn.functional as F
 from ..drafters.checkpoint import save_checkpoint
 from ..drafters.eagle_model import EagleConfig, EagleModel
 from ..target import Target
-from .batching import TrainBatch, collate_sequences, feature_noise, mix_seed, plan_epoch, shard, slot_count, split_eval
+from .batching import TrainBatch, feature_noise, mix_seed, shard
 from .losses import (CombinedLoss, LossInputs, SingleProcess, TorchDistributed, combine, loss_parts)
 from .multistep import MultiStepDrafter, step_valid
-from .online import OnlineFeatures
 from .reporting import EvalResult, NullReporter, Reporter, StepLog
 from .settings import METHODS, TrainError, TrainSettings
 from .state import (LOG_FILE, STATE_DIR, STATE_FILE, Position, last_logged_eval, save_state, set_rng_states,
                     settings_differences, truncate_log)
-from .store import MANIFEST, FeatureStore, read_manifest
+from .store import read_manifest
+from .training_data import TrainingData, check_store, most_frequent, training_counts
 
 RESIDUAL_INIT_SCALE = 0.1
 INIT_DESCRIPTIONS = {
@@ -91,70 +92,6 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
-
-
-# ---- data -------------------------------------------------------------------------------------
-def manifest_sha256(store_path: Path) -> str:
-    return hashlib.sha256((Path(store_path) / MANIFEST).read_bytes()).hexdigest()
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """The store, its split and every epoch's plan; ``online`` computes each batch's features with the
-    target (a teacher-forced forward) instead of reading the store's, which may then be ids-only."""
-
-    store: FeatureStore = field(repr=False)
-    lengths: tuple[int, ...]  # [S] tokens per store sequence
-    train: tuple[int, ...]  # store indices
-    eval: tuple[int, ...]
-    skipped: int  # sequences without any loss slot
-    plans: tuple[tuple[tuple[int, ...], ...], ...]  # [epochs][batches] global batches
-    eval_plan: tuple[tuple[int, ...], ...]
-    manifest_sha256: str
-    online: OnlineFeatures | None = field(default=None, repr=False)
-
-    @classmethod
-    def open(cls, path: Path, settings: TrainSettings, processes: int, target: Target) -> "TrainingData":
-        store = FeatureStore(path)
-        if len(store) == 0:
-            raise TrainError(f"feature store {path} holds no sequences")
-        online = OnlineFeatures(target, store) if settings.features == "online" else None
-        hidden = target.hidden_size
-        lengths = tuple(int(n) for n in store.lengths())
-        usable = []
-        for i in range(len(store)):
-            seq = store[i]
-            if online is None and seq.features.shape[1] != hidden:
-                raise TrainError(f"feature store {path} has hidden size {seq.features.shape[1]}, "
-                                 f"the target {hidden}")
-            if lengths[i] >= 3 and bool(seq.loss_mask[2:].any()):
-                usable.append(i)
-        if not usable:
-            raise TrainError(f"feature store {path} has no sequence with a loss slot")
-        train, held = split_eval(usable, settings.eval_fraction, settings.held_out_seed)
-        plans = tuple(tuple(plan_epoch(train, lengths, settings.batch_tokens, processes, settings.seed, e))
-                      for e in range(settings.epochs))
-        eval_plan = tuple(plan_epoch(held, lengths, settings.batch_tokens, 1, settings.seed, 0, shuffle=False)) if held else ()
-        return cls(store, lengths, train, held, len(store) - len(usable), plans, eval_plan, manifest_sha256(path),
-                   online)
-
-    def batch(self, indices: tuple[int, ...], dtype: torch.dtype) -> TrainBatch:
-        """The padded batch of these store sequences, with stored or online features."""
-        seqs = self.online.batch(indices) if self.online is not None else [self.store[i] for i in indices]
-        return collate_sequences(seqs, indices, dtype)
-
-    def slots_of(self, batch: tuple[int, ...]) -> int:
-        return sum(slot_count(self.lengths[i]) for i in batch)
-
-    def with_train_cap(self, count: int, settings: TrainSettings, processes: int) -> "TrainingData":
-        """The first ``count`` training sequences (store order) replanned; the held-out split unchanged,
-        so a cap never moves a sequence between training and evaluation."""
-        if count < 1:
-            raise TrainError(f"the training cap must be >= 1 sequence, not {count}")
-        train = self.train[:count]
-        plans = tuple(tuple(plan_epoch(train, self.lengths, settings.batch_tokens, processes, settings.seed, e))
-                      for e in range(settings.epochs))
-        return replace(self, train=train, plans=plans)
 
 
 # ---- one batch ----------------------------------------------------------------------------------
@@ -197,22 +134,6 @@ class Frozen:
         with torch.autocast(features.device.type, enabled=False):
             logits = self.head(features)
             return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
-
-
-def training_counts(data: "TrainingData", vocab: int) -> torch.Tensor:  # [V] int64
-    """Loss-token frequencies over the training split (the tokens the drafter has to predict)."""
-    counts = torch.zeros(vocab, dtype=torch.long)
-    for i in data.train:
-        seq = data.store[i]
-        counts += torch.bincount(seq.ids[seq.loss_mask], minlength=vocab)[:vocab]
-    return counts
-
-
-def most_frequent(counts: torch.Tensor, n: int) -> torch.Tensor:  # [n] int64 ascending
-    """The ``n`` most frequent token ids (ties: the lower id first), in ascending id order."""
-    if not 1 <= n <= counts.numel():
-        raise TrainError(f"loss_vocab must be in 1…{counts.numel()} (the target's vocabulary), not {n}")
-    return torch.sort(torch.sort(counts, descending=True, stable=True).indices[:n]).values
 
 
 def _autocast(settings: TrainSettings, device: torch.device):
@@ -324,7 +245,7 @@ def train(
     log_path = out / LOG_FILE
     master = torch.float64 if settings.dtype == "fp64" else torch.float32
     target.model.requires_grad_(False)  # frozen embedding and LM head
-    _check_store(read_manifest(Path(store_path)), target, store_path, settings.features)  # before reading any shard
+    check_store(read_manifest(Path(store_path)), target, store_path, settings.features)  # before reading any shard
     data = TrainingData.open(Path(store_path), settings, acc.num_processes, target)
     vocab, coverage = None, 1.0
     if settings.loss_vocab:
@@ -522,22 +443,6 @@ def _out_of_time(acc, started: float, limit_s: float) -> bool:
     """Whether any process has run past ``limit_s`` (all processes stop at the same step)."""
     late = torch.tensor([float(time.perf_counter() - started > limit_s)], device=acc.device)
     return bool(acc.reduce(late, reduction="max").item()) if acc.num_processes > 1 else bool(late.item())
-
-
-def _check_store(manifest: dict[str, Any], target: Target, where: str | Path, features: str = "stored") -> None:
-    """Refuse unfinished stores, stores built with another target's embedding, and ids-only stores
-    unless the features are computed online."""
-    from ..drafters.checkpoint import embedding_sha256
-
-    if features == "stored" and "features" in manifest and manifest["features"] is None:
-        raise TrainError(f"{where} is an ids-only store: compute its features first (gen-data --from-ids) "
-                         "or train with --online-features")
-    if manifest.get("complete") is False:
-        raise TrainError(f"{where} is incomplete: finish it first (gen-data --resume)")
-    identity = manifest.get("target")
-    want = identity.get("embedding_sha256") if isinstance(identity, dict) else None
-    if want is not None and want != embedding_sha256(target.embedding_weight()):
-        raise TrainError(f"{where} was built with another target ({identity.get('name')}): token embeddings differ")
 
 
 def _deviations(settings: TrainSettings) -> list[str]:

@@ -35,10 +35,11 @@ from ..drafters.router import ROUTER_WIDTH, SCORES, Router, router_description
 from ..drafters.vocab_grouping import CLUSTER_ITERATIONS, COUNTS_KEY, PARTITIONS, VocabGrouping, make_grouping
 from ..target import Target
 from .batching import TrainBatch, mix_seed
-from .loop import Frozen, TrainingData, _check_store, lr_factor, training_counts
+from .loop import Frozen, lr_factor
 from .multistep import MultiStepDrafter
 from .settings import settings_for
 from .store import read_manifest
+from .training_data import TrainingData, check_store, training_counts
 
 LOG_FILE = "router-log.jsonl"
 LABELS = ("mass", "argmax")
@@ -255,7 +256,7 @@ def train_router(
     model = ckpt.build_model(dtype=master, device=target.device).requires_grad_(False)
     target.model.requires_grad_(False)
     frozen = Frozen(target, master)
-    _check_store(read_manifest(Path(store_path)), target, store_path)
+    check_store(read_manifest(Path(store_path)), target, store_path)
     # The drafter's data plan (usable sequences, held-out split, length-bucketed batches) with these settings.
     plan_settings = settings_for("eagle2", epochs=settings.epochs, batch_tokens=settings.batch_tokens,
                                  eval_fraction=settings.eval_fraction, seed=settings.seed)
