@@ -459,6 +459,21 @@ def test_online_features_train_as_stored_features_do(store_dir, target64, tmp_pa
     assert online.metadata["settings"]["features"] == "online"
 
 
+
+def test_cli_online_features_trains_on_an_ids_only_store(store_dir, tmp_path):
+    from coral_bench.cli import main
+
+    ids_only = ids_only_copy(store_dir, tmp_path / "ids")
+    base = ["train", "--method", "eagle2", "--data", str(ids_only), "--dtype", "fp64", "--batch-tokens", "60",
+            "--threads", "1"]
+    refused = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "refused")])
+    assert refused.exit_code != 0 and "--online-features" in refused.output and "Traceback" not in refused.output
+    result = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "online"), "--online-features"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "online" / "config.json").read_text())["coral_bench"]
+    assert meta["settings"]["features"] == "online" and meta["budget"]["complete"] is True
+
 def test_a_setting_added_later_resumes_at_its_default():
     """A checkpoint written before a setting existed made its run with that setting's default."""
     from coral_bench.train.state import settings_differences
