@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..progress import progress_bar
 from .common import _fail, _fmt, _quiet_transformers, _tree, err, out
 
 
@@ -269,9 +270,9 @@ def replay_command(run_dir, drafter, tree, threads):
     if tree == "auto":
         _fail("--tree auto is not supported by replay; give a shape")
     spec = DrafterSpec.parse(drafter)
-    with Progress(TextColumn(f"replay {spec.label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=err, transient=True) as bar:
-        task = bar.add_task("replay", total=None)
+    with progress_bar(TextColumn(f"replay {spec.label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(f"replay {spec.label}", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..progress import progress_bar
 from .common import _fmt, _quiet_transformers, _tree, err, out
 
 
@@ -67,7 +68,7 @@ def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature
     command = shlex.join(["coral-bench", *sys.argv[1:]])
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=False) as bar:
+    with progress_bar(*columns, console=err) as bar:
         task = bar.add_task("starting", total=None)
 
         def progress(done: int, total: int, method: str) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..progress import progress_bar
 from .common import _fail, _quiet_transformers, err, out
 
 
@@ -73,7 +74,7 @@ def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     start = time.perf_counter()
-    with Progress(*columns, console=err, transient=False) as bar:
+    with progress_bar(*columns, console=err) as bar:
         task = bar.add_task(f"{out.name}: selecting prompts", total=None, rate="")
 
         def progress(p: DataProgress) -> None:
@@ -257,8 +258,8 @@ def train_router_command(drafter, data, router_groups, router_k, partition, out_
     _quiet_transformers()
     loaded = load_target(target, dtype="float64" if dtype == "fp64" else "float32", device="cpu")
     command = shlex.join(["coral-bench", *sys.argv[1:]])
-    with Progress(TextColumn("router"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err) as bar:
+    with progress_bar(TextColumn("router"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err) as bar:
         task = bar.add_task("router", total=None, info="")
 
         def progress(step: int, total: int, loss: float) -> None:

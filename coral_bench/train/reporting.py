@@ -86,12 +86,13 @@ class RichReporter:
         self._task = None
 
     def start(self, total_steps: int, done_steps: int, description: str) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                             TextColumn("{task.fields[info]}"), console=self.console)
+        from ..progress import progress_bar
+
+        self._bar = progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[info]}"), console=self.console)
         self._bar.start()
         self._task = self._bar.add_task(description, total=total_steps, completed=done_steps, info="")
 
