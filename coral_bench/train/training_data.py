@@ -18,6 +18,12 @@ from .online import OnlineFeatures
 from .settings import TrainError, TrainSettings
 from .store import MANIFEST, FeatureStore
 
+# Held-out batches hold at most this many slots, whatever the training batch: held-out metrics use the
+# full vocabulary, so each step's log-probs are [slots, V] (1.6 GB at 8,192 slots x 49,152 tokens in
+# fp32), and an epoch-end evaluation at the training batch size was the peak memory of a CPU run
+# (14 GB resident; two runs side by side on 24 GB were killed by the OOM killer).
+EVAL_BATCH_TOKENS = 2048
+
 
 def manifest_sha256(store_path: Path) -> str:
     return hashlib.sha256((Path(store_path) / MANIFEST).read_bytes()).hexdigest()
@@ -59,7 +65,8 @@ class TrainingData:
         train, held = split_eval(usable, settings.eval_fraction, settings.held_out_seed)
         plans = tuple(tuple(plan_epoch(train, lengths, settings.batch_tokens, processes, settings.seed, e))
                       for e in range(settings.epochs))
-        eval_plan = tuple(plan_epoch(held, lengths, settings.batch_tokens, 1, settings.seed, 0, shuffle=False)) if held else ()
+        eval_tokens = min(settings.batch_tokens, EVAL_BATCH_TOKENS)
+        eval_plan = tuple(plan_epoch(held, lengths, eval_tokens, 1, settings.seed, 0, shuffle=False)) if held else ()
         return cls(store, lengths, train, held, len(store) - len(usable), plans, eval_plan, manifest_sha256(path),
                    online)
 
