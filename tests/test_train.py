@@ -486,6 +486,22 @@ def test_a_setting_added_later_resumes_at_its_default():
         "features: 'stored' → 'online'"]
 
 
+
+def test_a_truncated_shard_is_one_clear_error(store_dir, tmp_path):
+    import shutil
+
+    from coral_bench.train.store import StoreError
+
+    copy = tmp_path / "store"
+    shutil.copytree(store_dir, copy)
+    shard = copy / FeatureStore(copy).manifest["shards"][1]["file"]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    store = FeatureStore(copy)
+    first_of_shard_1 = FeatureStore(copy).manifest["shards"][0]["sequences"]
+    assert torch.equal(store[0].ids, FeatureStore(store_dir)[0].ids)  # shard 0 still reads
+    with pytest.raises(StoreError, match=f"cannot read .*{shard.name}"):
+        store[first_of_shard_1]
+
 def test_cli_train(store_dir, tmp_path):
     from coral_bench.cli import main
 

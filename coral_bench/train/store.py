@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 FORMAT = "coral-bench-features"
 VERSION = 1
@@ -122,14 +124,16 @@ def read_manifest(path: Path) -> dict:
 
 
 class FeatureStore:
-    """Random access to the sequences of a store (shards loaded lazily, kept in memory)."""
+    """Random access to the sequences of a store. Each shard's ids, masks and offsets are read once
+    and kept; its features are memory-mapped and sliced per sequence, so the operating system's page
+    cache holds them (shared by processes reading one store, evictable) rather than each process."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         self._index: list[tuple[int, int]] = [(i, j) for i, shard in enumerate(self.manifest["shards"])
                                               for j in range(shard["sequences"])]
-        self._shards: dict[int, dict[str, torch.Tensor]] = {}
+        self._shards: dict[int, _Shard] = {}
 
     def __len__(self) -> int:
         return len(self._index)
@@ -137,22 +141,37 @@ class FeatureStore:
     def __getitem__(self, item: int) -> Sequence:
         shard, j = self._index[item]
         data = self._shard(shard)
-        lo, hi = int(data["offsets"][j]), int(data["offsets"][j + 1])
-        return Sequence(data["ids"][lo:hi].long(), data["features"][lo:hi], data["loss_mask"][lo:hi].bool())
+        lo, hi = int(data.offsets[j]), int(data.offsets[j + 1])
+        try:
+            features = data.features[lo:hi]
+        except Exception as err:  # a shard truncated after its header was read
+            raise StoreError(f"cannot read {data.file}: {err}") from None
+        return Sequence(data.ids[lo:hi].long(), features, data.loss_mask[lo:hi].bool())
 
     def lengths(self) -> list[int]:
-        """Sequence lengths, for length-sorted batching (loads every shard's offsets)."""
+        """Sequence lengths, for length-sorted batching (reads every shard's offsets)."""
         out = []
         for i in range(len(self.manifest["shards"])):
-            offsets = self._shard(i)["offsets"]
+            offsets = self._shard(i).offsets
             out.extend((offsets[1:] - offsets[:-1]).tolist())
         return out
 
-    def _shard(self, i: int) -> dict[str, torch.Tensor]:
+    def _shard(self, i: int) -> "_Shard":
         if i not in self._shards:
             file = self.path / self.manifest["shards"][i]["file"]
             try:
-                self._shards[i] = load_file(str(file))
+                handle = safe_open(str(file), framework="pt")
+                self._shards[i] = _Shard(file, handle.get_tensor("ids"), handle.get_tensor("loss_mask"),
+                                         handle.get_tensor("offsets"), handle.get_slice("features"))
             except Exception as err:  # safetensors raises several types for truncated/garbage files
                 raise StoreError(f"cannot read {file}: {err}") from None
         return self._shards[i]
+
+
+@dataclass(frozen=True)
+class _Shard:
+    file: Path
+    ids: torch.Tensor  # [T] int32
+    loss_mask: torch.Tensor  # [T] uint8
+    offsets: torch.Tensor  # [S + 1] int64
+    features: Any = field(repr=False)  # a memory-mapped slice of [T, H]: features[lo:hi] reads those rows
