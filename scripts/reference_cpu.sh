@@ -11,6 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-reports/runs/reference-cpu}
+# inside the worktree the runs go to an ignored folder: HEAD's committed runs in $RUNS would count as
+# finished, and deleting them (tracked files) would make the worktree dirty
+WT_RUNS=${WT_RUNS:-runs/reference-cpu}
 WT=${WT:-$HOME/.cache/coral-bench/worktrees/reference-cpu}
 # every shipped drafter, the FR-Spec-style subset at the routed head's cost, model-free and bound
 export RUN_DRAFTERS=${RUN_DRAFTERS:-eagle2 hass coral coral-router \
@@ -20,9 +23,9 @@ export LIMIT=${LIMIT:-16} TOKENS=${TOKENS:-128} SUITES=${SUITES:-mtbench-test hu
 source scripts/worktree.sh
 clean_worktree "$WT" || exit 1
 # the worktree's coral_bench comes first on the path, ahead of the editable install of this one
-( cd "$WT" && PYTHONPATH="$WT" RUNS="$RUNS" STEPS="runs profile auto" bash scripts/evaluate_cpu.sh )
+( cd "$WT" && PYTHONPATH="$WT" RUNS="$WT_RUNS" STEPS="runs profile auto" bash scripts/evaluate_cpu.sh )
 mkdir -p "$RUNS"
 for s in $SUITES "${AUTO_SUITE:-mtbench-test}-auto"; do
-  rm -rf "${RUNS:?}/$s" && cp -r "$WT/$RUNS/$s" "$RUNS/$s"
+  rm -rf "${RUNS:?}/$s" && cp -r "$WT/$WT_RUNS/$s" "$RUNS/$s"
 done
 echo "reference_cpu: runs of $(git -C "$WT" rev-parse --short HEAD) in $RUNS/"
