@@ -44,7 +44,7 @@ def rerendered(tmp_path_factory) -> Path:
 
 def test_manifest_names_existing_reports_and_runs():
     entries = load_manifest(MANIFEST)
-    assert [e.out.name for e in entries] == ["preview-cpu", "reference-cpu"]
+    assert [e.out.name for e in entries] == ["preview-cpu", "reference-cpu", "objectives-cpu"]
     assert all((e.out / "report.md").is_file() and (e.out / "report.html").is_file() for e in entries)
     assert all((run / "results.json").is_file() for run in manifest_runs(MANIFEST))
 
