@@ -18,8 +18,8 @@ EPOCHS=${EPOCHS:-3}; THREADS=${THREADS:-2}; LR=${LR:-1e-3}; BATCH_TOKENS=${BATCH
 CB=${CB:-.venv/bin/coral-bench}; SETTINGS=${SETTINGS:-scripts/train-settings.txt}
 RETRIES=${RETRIES:-3}  # restarts of a run killed by SIGKILL (out of memory), each from its last checkpoint
 # glibc raises its mmap threshold whenever a large mapped block is freed, after which batches of a new
-# shape every step fragment the heap and the resident size grows by tens of MB per step (hass and
-# coral reached 8-11 GB); a fixed threshold keeps large blocks mapped (scripts/memory_probe.py)
+# shape every step fragment the heap and the resident size grows step by step; a fixed threshold
+# keeps large blocks mapped (scripts/memory_probe.py shows both)
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-1048576}
 mkdir -p "$OUT"
 source scripts/drafter_complete.sh
