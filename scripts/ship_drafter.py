@@ -31,10 +31,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--replace", action="store_true")
     args = parser.parse_args(argv)
 
-    from coral_bench import provenance
+    from coral_bench.run import provenance
     from coral_bench.drafters.checkpoint import CheckpointError, file_sha256, load_checkpoint
     from coral_bench.drafters.shipped import assets_root
-    from coral_bench.loading import load_target
+    from coral_bench.run.targets import load_target
 
     src: Path = args.checkpoint
     dest = assets_root() / args.target / args.name

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from coral_bench.clock import Clock
-from coral_bench.target import Target
-from coral_bench.tiny import tiny_model, tiny_tokenizer
+from coral_bench.core.clock import Clock
+from coral_bench.core.target import Target
+from coral_bench.run.tiny import tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from coral_bench.target import Target
-from coral_bench.tiny import tiny_model
+from coral_bench.core.target import Target
+from coral_bench.run.tiny import tiny_model
 from coral_bench.train.loop import train
 from coral_bench.train.settings import TrainSettings
 

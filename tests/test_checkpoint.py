@@ -15,8 +15,8 @@ from coral_bench.drafters.checkpoint import (
 )
 from coral_bench.drafters.eagle import build_eagle
 from coral_bench.drafters.eagle_model import EagleConfig, EagleModel
-from coral_bench.tiny import tiny_model
-from coral_bench.tree import TreeShape
+from coral_bench.run.tiny import tiny_model
+from coral_bench.core.tree import TreeShape
 
 H, V = 64, 320  # the tiny target
 

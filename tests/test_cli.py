@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from coral_bench.cli import main
-from coral_bench.records import SampleRecord
+from coral_bench.core.records import SampleRecord
 
 TINY = ["--target", "tiny-random", "--dtype", "float64", "--threads", "1"]
 
@@ -106,7 +106,7 @@ def test_listing_commands():
 
 
 def test_git_hash_env_overrides_the_checkout(monkeypatch):
-    from coral_bench import provenance
+    from coral_bench.run import provenance
 
     monkeypatch.delenv(provenance.GIT_HASH_ENV, raising=False)
     own = provenance.git_hash()
@@ -115,9 +115,9 @@ def test_git_hash_env_overrides_the_checkout(monkeypatch):
 
 
 def test_recorded_paths_name_no_machine_prefix(tmp_path, monkeypatch):
-    from coral_bench import provenance
+    from coral_bench.run import provenance
 
-    root = Path(provenance.__file__).resolve().parent.parent
+    from coral_bench import CHECKOUT_ROOT as root
     assert provenance.portable_path(root / "coral_bench" / "assets" / "x") == "coral_bench/assets/x"
     monkeypatch.setenv("HOME", str(tmp_path))
     assert provenance.portable_path(tmp_path / ".cache" / "d") == "~/.cache/d"

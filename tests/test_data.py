@@ -11,13 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from coral_bench.chat import render
-from coral_bench.loading import LoadedTarget
-from coral_bench.suites import load_suite
-from coral_bench.target import Target
-from coral_bench.tiny import tiny_model
+from coral_bench.run.chat import render
+from coral_bench.run.targets import LoadedTarget
+from coral_bench.run.suites import load_suite
+from coral_bench.core.target import Target
+from coral_bench.run.tiny import tiny_model
 from coral_bench.train import prompts as P
-from coral_bench.train.data import (DataConfig, DataError, features_from_ids, generate_store, plan_batches,
+from coral_bench.train.gen_data import (DataConfig, DataError, features_from_ids, generate_store, plan_batches,
                                     select_prompts, window_sorted)
 from coral_bench.train.online import OnlineFeatures
 from coral_bench.train.target_passes import conversation_mask, generate_batch, response_length, teacher_forced

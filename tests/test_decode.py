@@ -3,16 +3,16 @@
 import pytest
 import torch
 
-from coral_bench.chat import render
-from coral_bench.decode import generate
+from coral_bench.run.chat import render
+from coral_bench.core.decode import generate
 from coral_bench.drafters.base import DrafterSettings, generator_for
 from coral_bench.drafters.registry import DRAFTERS, build_drafter
-from coral_bench.records import STOP_EOS, STOP_LENGTH
-from coral_bench.reference import GreedyReference
-from coral_bench.sampling import SamplingConfig
-from coral_bench.target import Target, TargetError
-from coral_bench.tiny import tiny_model
-from coral_bench.tree import TreeShape
+from coral_bench.core.records import STOP_EOS, STOP_LENGTH
+from coral_bench.core.reference import GreedyReference
+from coral_bench.core.sampling import SamplingConfig
+from coral_bench.core.target import Target, TargetError
+from coral_bench.run.tiny import tiny_model
+from coral_bench.core.tree import TreeShape
 
 GREEDY = SamplingConfig()
 PROMPTS = ["Tell me a story about a cat.", "What is 2 + 2? Explain step by step.", "abc abc abc abc"]

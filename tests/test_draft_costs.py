@@ -3,20 +3,20 @@
 import pytest
 import torch
 
-from coral_bench import profile as pf
-from coral_bench import profile_noop as noop
-from coral_bench.curves import Curve, Grid
-from coral_bench.draft_costs import EarlyExitCosts, HeadRowCosts
+from coral_bench.costmodel import profile as pf
+from coral_bench.costmodel import noop
+from coral_bench.costmodel.curves import Curve, Grid
+from coral_bench.costmodel.draft_costs import EarlyExitCosts, HeadRowCosts
 from coral_bench.drafters.draft_heads import HeadLayout, RoutedHead, SubsetHead
 from coral_bench.drafters.router import Router
 from coral_bench.drafters.vocab_grouping import contiguous_grouping
-from coral_bench.profile_terms import head_row_costs
-from coral_bench.records import SampleRecord
-from coral_bench.speedup import (DrafterCosts, ForwardCosts, LoopCosts, TargetCosts, costs_from_json, cycle_time,
+from coral_bench.costmodel.terms import head_row_costs
+from coral_bench.core.records import SampleRecord
+from coral_bench.costmodel.speedup import (DrafterCosts, ForwardCosts, LoopCosts, TargetCosts, costs_from_json, cycle_time,
                                  predict, sample_shapes)
-from coral_bench.target import Target
-from coral_bench.tiny import tiny_config, tiny_model
-from coral_bench.tree import TreeShape
+from coral_bench.core.target import Target
+from coral_bench.run.tiny import tiny_config, tiny_model
+from coral_bench.core.tree import TreeShape
 from test_profile import TickClock  # every timed stage of the decode loop lasts one tick
 
 CPU = torch.device("cpu")
@@ -121,7 +121,7 @@ def test_routed_head_cost_follows_the_recorded_union_sizes():
 
 def test_lm_head_share_counts_the_rows_a_routed_head_computes():
     """The share is of the head the drafter runs, not of the full LM head it replaces."""
-    from coral_bench.speedup import StageTimes, lm_head_shares, run_lm_head_shares
+    from coral_bench.costmodel.speedup import StageTimes, lm_head_shares, run_lm_head_shares
 
     # forwards over 1, 4, 4 rows: body 0 (no predecessor) + 3 + 3; full head 100 + 400 + 400, sm 50 + 200 + 200
     full, full_total = lm_head_shares(FORWARD, 0.0, None, 0.0)

@@ -12,8 +12,8 @@ import torch
 from coral_bench.drafters.base import DraftContext, DrafterError, DrafterSettings
 from coral_bench.drafters.eagle import Candidates, EagleDrafter, build_eagle, rerank
 from coral_bench.drafters.eagle_model import EagleConfig, EagleConfigError, EagleModel, rope_inv_freq
-from coral_bench.target import Target
-from coral_bench.tree import DraftTree, TreeShape, Verdict, forwards_for_depth
+from coral_bench.core.target import Target
+from coral_bench.core.tree import DraftTree, TreeShape, Verdict, forwards_for_depth
 
 
 def settings(tree: str, seed: int = 0) -> DrafterSettings:

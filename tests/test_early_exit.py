@@ -4,15 +4,15 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM, LlamaModel
 
-from coral_bench.chat import render
-from coral_bench.decode import generate
+from coral_bench.run.chat import render
+from coral_bench.core.decode import generate
 from coral_bench.drafters.base import DrafterError, DrafterSettings, generator_for
 from coral_bench.drafters.early_exit import default_layers
 from coral_bench.drafters.registry import DRAFTERS, build_drafter
-from coral_bench.sampling import SamplingConfig
-from coral_bench.target import Target, TargetError
-from coral_bench.tiny import tiny_config, tiny_model
-from coral_bench.tree import DraftTree, TreeShape
+from coral_bench.core.sampling import SamplingConfig
+from coral_bench.core.target import Target, TargetError
+from coral_bench.run.tiny import tiny_config, tiny_model
+from coral_bench.core.tree import DraftTree, TreeShape
 
 GREEDY = SamplingConfig()
 PROMPTS = ["Tell me a story about a cat.", "abc abc abc abc"]

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from coral_bench import loading
-from coral_bench.chat import render
-from coral_bench.clock import Clock
-from coral_bench.decode import generate
+from coral_bench.run import targets as loading
+from coral_bench.run.chat import render
+from coral_bench.core.clock import Clock
+from coral_bench.core.decode import generate
 from coral_bench.drafters.base import DrafterSettings, generator_for
 from coral_bench.drafters.registry import build_drafter
 from coral_bench.drafters.shipped import shipped_checkpoint, shipped_names, with_shipped_checkpoint
-from coral_bench.sampling import SamplingConfig
-from coral_bench.tree import TreeShape
+from coral_bench.core.sampling import SamplingConfig
+from coral_bench.core.tree import TreeShape
 
 pytestmark = pytest.mark.slow
 

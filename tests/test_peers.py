@@ -7,20 +7,20 @@ import torch
 from click.testing import CliRunner
 from transformers.generation.candidate_generator import AssistedCandidateGenerator
 
-from coral_bench import peers as peers_module
-from coral_bench.bench import RunConfig, run_suite
-from coral_bench.chat import render
+from coral_bench.run import peers as peers_module
+from coral_bench.run.runner import RunConfig, run_suite
+from coral_bench.run.chat import render
 from coral_bench.cli import main
-from coral_bench.decode import generate
+from coral_bench.core.decode import generate
 from coral_bench.drafters.base import DrafterSettings, generator_for
 from coral_bench.drafters.registry import build_drafter
-from coral_bench.methods import DrafterSpec, PeerSpec
-from coral_bench.peers import PEERS, HfPeer, PeerError, build_peer
-from coral_bench.records import STOP_EOS, SampleRecord
-from coral_bench.sampling import SamplingConfig
-from coral_bench.target import Target
-from coral_bench.tiny import tiny_model
-from coral_bench.tree import TreeShape
+from coral_bench.run.specs import DrafterSpec, PeerSpec
+from coral_bench.run.peers import PEERS, HfPeer, PeerError, build_peer
+from coral_bench.core.records import STOP_EOS, SampleRecord
+from coral_bench.core.sampling import SamplingConfig
+from coral_bench.core.target import Target
+from coral_bench.run.tiny import tiny_model
+from coral_bench.core.tree import TreeShape
 
 GREEDY = SamplingConfig()
 PROMPTS = ["Tell me a story about a cat.", "What is 2 + 2? Explain step by step.", "abc abc abc abc"]

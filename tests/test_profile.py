@@ -7,21 +7,21 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from coral_bench import profile as pf
-from coral_bench import profile_forwards as fw
-from coral_bench import profile_noop as noop
+from coral_bench.costmodel import profile as pf
+from coral_bench.costmodel import forwards as fw
+from coral_bench.costmodel import noop
 from coral_bench.cli import main
-from coral_bench.decode import generate
+from coral_bench.core.decode import generate
 from coral_bench.drafters.base import DrafterSettings, generator_for
 from coral_bench.drafters.eagle_model import EagleModel, rope_inv_freq
-from coral_bench.methods import DrafterSpec
-from coral_bench.records import SampleRecord
-from coral_bench.sampling import SamplingConfig
-from coral_bench.shapes import SHAPES, load_shape, profile_shapes, random_drafter
-from coral_bench.speedup import Curve, DrafterCosts, Grid, TargetCosts, costs_from_json, predict, sample_shapes
-from coral_bench.target import Target
-from coral_bench.tiny import tiny_config, tiny_model
-from coral_bench.tree import TreeShape
+from coral_bench.run.specs import DrafterSpec
+from coral_bench.core.records import SampleRecord
+from coral_bench.core.sampling import SamplingConfig
+from coral_bench.costmodel.shapes import SHAPES, load_shape, profile_shapes, random_drafter
+from coral_bench.costmodel.speedup import Curve, DrafterCosts, Grid, TargetCosts, costs_from_json, predict, sample_shapes
+from coral_bench.core.target import Target
+from coral_bench.run.tiny import tiny_config, tiny_model
+from coral_bench.core.tree import TreeShape
 
 CPU = torch.device("cpu")
 SMALL = pf.ProfileSettings(nodes=(1, 2, 3), contexts=(8, 24), prompts=(8, 16), repeats=1, noop_cycles=20)

@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 from rich.progress import Progress
 
-from coral_bench.progress import LineProgress, progress_bar
+from coral_bench.run.progress import LineProgress, progress_bar
 
 
 class FakeClock:

@@ -6,20 +6,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from coral_bench.chat import render
+from coral_bench.run.chat import render
 from coral_bench.cli import main
-from coral_bench.decode import generate
+from coral_bench.core.decode import generate
 from coral_bench.drafters.base import DrafterSettings, generator_for
 from coral_bench.drafters.eagle import EagleDrafter, EagleInfo
 from coral_bench.drafters.eagle_model import EagleConfig, EagleModel
 from coral_bench.drafters.registry import build_drafter
-from coral_bench.reference import GreedyReference
-from coral_bench.replay import replay_greedy, replay_sampled
-from coral_bench.sampling import SamplingConfig
-from coral_bench.target import Target
-from coral_bench.tiny import tiny_model
-from coral_bench.tree import DraftTree, TreeShape
-from coral_bench.verify import expected_accepted, rejection
+from coral_bench.core.reference import GreedyReference
+from coral_bench.costmodel.replay import replay_greedy, replay_sampled
+from coral_bench.core.sampling import SamplingConfig
+from coral_bench.core.target import Target
+from coral_bench.run.tiny import tiny_model
+from coral_bench.core.tree import DraftTree, TreeShape
+from coral_bench.core.verify import expected_accepted, rejection
 
 GREEDY = SamplingConfig()
 PROMPTS = ["Tell me a story about a cat.", "abc abc abc abc"]

@@ -26,7 +26,7 @@ from coral_bench.drafters.eagle import training_summary
 from coral_bench.report import ReportError, load_run, write_report
 from coral_bench.report.blocks import Table, markdown_table
 from coral_bench.report.model import tv_points
-from coral_bench.stats import paired_difference
+from coral_bench.metrics.stats import paired_difference
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 MTBENCH4 = FIXTURES / "mtbench4"  # 4 MT-bench questions (4 categories), 3 drafters incl. oracle

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from coral_bench.results import CRASH_MID_LINE_ENV
+from coral_bench.rundir.layout import CRASH_MID_LINE_ENV
 
 CLI = str(Path(sys.executable).with_name("coral-bench"))
 ARGS = ["run", "--suite", "mtbench", "--target", "tiny-random", "--dtype", "float64", "--threads", "1",

@@ -13,8 +13,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from coral_bench.chat import render
-from coral_bench.decode import generate
+from coral_bench.run.chat import render
+from coral_bench.core.decode import generate
 from coral_bench.drafters.base import DraftContext, DrafterError, DrafterSettings, generator_for
 from coral_bench.drafters.checkpoint import CheckpointError, embedding_sha256, load_checkpoint, save_checkpoint
 from coral_bench.drafters.eagle import EagleDrafter, build_eagle, build_routed
@@ -24,14 +24,14 @@ from coral_bench.drafters.draft_heads import HeadLayout, RoutedHead, SubsetHead
 from coral_bench.drafters.router import Router, router_description
 from coral_bench.drafters.vocab_grouping import (COUNTS_KEY, G2T_KEY, PARTITIONS, VocabGrouping, balanced_assign,
                                                  make_grouping)
-from coral_bench.methods import DrafterSpec, MethodError, join_argument, split_argument
-from coral_bench.sampling import SamplingConfig
-from coral_bench.target import Target
-from coral_bench.tiny import tiny_model
+from coral_bench.run.specs import DrafterSpec, MethodError, join_argument, split_argument
+from coral_bench.core.sampling import SamplingConfig
+from coral_bench.core.target import Target
+from coral_bench.run.tiny import tiny_model
 from coral_bench.train.loop import drafter_config
 from coral_bench.train.router_loop import RouterSettings, RouterTrainError, train_router
 from coral_bench.train.store import StoreWriter
-from coral_bench.tree import TreeShape, Verdict
+from coral_bench.core.tree import TreeShape, Verdict
 
 D = torch.float64
 V, H = 320, 64  # the tiny target

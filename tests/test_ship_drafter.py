@@ -11,7 +11,7 @@ import pytest
 from coral_bench.drafters.checkpoint import load_checkpoint, save_checkpoint
 from coral_bench.drafters.eagle_model import EagleModel
 from coral_bench.drafters.shipped import ASSETS_ENV, shipped_checkpoint
-from coral_bench.loading import load_target
+from coral_bench.run.targets import load_target
 from coral_bench.train.loop import drafter_config
 from conftest import load_script
 

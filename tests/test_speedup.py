@@ -5,15 +5,15 @@ import sys
 
 import pytest
 
-from coral_bench.records import SampleRecord
-from coral_bench.speedup import (Curve, DrafterCosts, ForwardCosts, Grid, LoopCosts, MeasuredStages, TargetCosts,
+from coral_bench.core.records import SampleRecord
+from coral_bench.costmodel.speedup import (Curve, DrafterCosts, ForwardCosts, Grid, LoopCosts, MeasuredStages, TargetCosts,
                                  chain_expected, cycle_time, gap_rows, leviathan, lm_head_shares, measured_stages,
                                  predict, sample_shapes, shape_cycles, write_predictions, Estimate, SampleShape)
 
 
 def test_speedup_imports_no_torch():
     """DESIGN.md §4: the speedup model is pure maths (stats, speedup and report never import torch models)."""
-    code = "import sys, coral_bench.speedup; sys.exit('torch' in sys.modules)"
+    code = "import sys, coral_bench.costmodel.speedup; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from coral_bench import staleness as st
+from coral_bench.rundir import staleness as st
 
 IDENTITY = ("-c", "user.name=coral-bench tests", "-c", "user.email=tests@example.invalid", "-c", "commit.gpgsign=false")
 
@@ -34,7 +34,7 @@ def repo(tmp_path) -> Path:
     root = tmp_path / "checkout"
     root.mkdir()
     _git(root, "init", "-q")
-    _commit(root, {"coral_bench/decode.py": "v1\n", "coral_bench/drafters/eagle.py": "v1\n", "README.md": "v1\n"},
+    _commit(root, {"coral_bench/core/decode.py": "v1\n", "coral_bench/drafters/eagle.py": "v1\n", "README.md": "v1\n"},
             "first")
     return root
 
@@ -63,10 +63,10 @@ def test_docs_only_commit_keeps_the_run_current(tmp_path, repo):
 
 def test_decoder_commit_makes_the_run_stale(tmp_path, repo):
     run = _run(tmp_path / "run", _git(repo, "rev-parse", "HEAD"))
-    decoder = _commit(repo, {"coral_bench/decode.py": "v2\n"}, "decoder change")
+    decoder = _commit(repo, {"coral_bench/core/decode.py": "v2\n"}, "decoder change")
     verdict = _one(run, repo)
     assert verdict.state == st.STALE and not verdict.ok
-    assert "coral_bench/decode.py" in verdict.line and decoder[:7] in verdict.line and "redo the run" in verdict.line
+    assert "coral_bench/core/decode.py" in verdict.line and decoder[:7] in verdict.line and "redo the run" in verdict.line
     assert "\n" not in verdict.line
 
 
@@ -80,7 +80,7 @@ def test_drafter_commit_makes_the_run_stale_and_a_revert_makes_it_current(tmp_pa
 
 def test_uncommitted_decoder_edit_makes_the_run_stale(tmp_path, repo):
     run = _run(tmp_path / "run", _git(repo, "rev-parse", "HEAD"))
-    (repo / "coral_bench" / "decode.py").write_text("edited\n")
+    (repo / "coral_bench" / "core" / "decode.py").write_text("edited\n")
     verdict = _one(run, repo)
     assert verdict.state == st.STALE and "uncommitted edits" in verdict.line
 
@@ -91,7 +91,7 @@ def test_dirty_hash_is_reported_as_uncommitted_code(tmp_path, repo):
     verdict = _one(run, repo)
     assert verdict.state == st.UNKNOWN and not verdict.ok
     assert "with uncommitted changes" in verdict.line and "clean checkout" in verdict.line
-    _commit(repo, {"coral_bench/decode.py": "v2\n"}, "decoder change")
+    _commit(repo, {"coral_bench/core/decode.py": "v2\n"}, "decoder change")
     verdict = _one(run, repo)
     assert verdict.state == st.STALE and "with uncommitted changes" in verdict.line
 
@@ -105,7 +105,7 @@ def test_unknown_and_missing_hashes_cannot_be_checked(tmp_path, repo):
 
 def test_a_resumed_run_is_as_stale_as_its_oldest_session(tmp_path, repo):
     old = _git(repo, "rev-parse", "HEAD")
-    new = _commit(repo, {"coral_bench/decode.py": "v2\n"}, "decoder change")
+    new = _commit(repo, {"coral_bench/core/decode.py": "v2\n"}, "decoder change")
     run = _run(tmp_path / "run", old, sessions=[{"git_hash": old}, {"git_hash": new}])
     assert st.recorded_hashes(run) == (old, new)
     assert _one(run, repo).state == st.STALE
@@ -149,7 +149,7 @@ def test_cli_exit_status_and_lines(tmp_path, repo):
     current = _run(tmp_path / "current", head)
     result = _cli(str(current), "--repo", str(repo))
     assert result.exit_code == 0 and "current: current: made at" in result.output and "all 1 run(s) current" in result.output
-    _commit(repo, {"coral_bench/decode.py": "v2\n"}, "decoder change")
+    _commit(repo, {"coral_bench/core/decode.py": "v2\n"}, "decoder change")
     dirty = _run(tmp_path / "dirty", head + "-dirty")
     result = _cli(str(current), str(dirty), "--repo", str(repo))
     assert result.exit_code == 1, result.output
@@ -166,3 +166,42 @@ def test_cli_checks_the_runs_a_manifest_names(tmp_path, repo):
     manifest.write_text("[[report]]\nout = 'out'\nruns = ['runs/a']\n")
     result = _cli("--manifest", str(manifest), "--repo", str(repo))
     assert result.exit_code == 0 and "current: a: made at" in result.output
+
+
+DECODER = '''"""The loop."""
+from coral_bench.tree import DraftTree
+
+
+def step(x):
+    """One step."""
+    return x + 1  # why
+'''
+
+
+def test_a_move_that_only_rewrites_imports_keeps_the_run_current(tmp_path, repo):
+    _commit(repo, {"coral_bench/decode.py": DECODER}, "decoder at its old place")
+    run = _run(tmp_path / "run", _git(repo, "rev-parse", "HEAD"))
+    _git(repo, "rm", "-q", "coral_bench/decode.py")
+    moved = DECODER.replace("from coral_bench.tree import", "from coral_bench.core.tree import")
+    moved = moved.replace("One step.", "One step (docs/methods.md §4).").replace("# why", "# why, cited")
+    _commit(repo, {"coral_bench/core/loop.py": moved}, "move: imports, a docstring and a comment change")
+    verdict = _one(run, repo)
+    assert verdict.state == st.CURRENT, verdict.line
+
+
+def test_a_move_with_a_code_change_makes_the_run_stale(tmp_path, repo):
+    _commit(repo, {"coral_bench/decode.py": DECODER}, "decoder at its old place")
+    run = _run(tmp_path / "run", _git(repo, "rev-parse", "HEAD"))
+    _git(repo, "rm", "-q", "coral_bench/decode.py")
+    _commit(repo, {"coral_bench/core/loop.py": DECODER.replace("x + 1", "x + 2")}, "move and change")
+    verdict = _one(run, repo)
+    assert verdict.state == st.STALE and "coral_bench/core/loop.py" in verdict.line, verdict.line
+
+
+def test_same_code_ignores_imports_docstrings_and_comments_only():
+    same = st.same_code
+    assert same(b"import a\nx = 1\n", b"import b\n\nx = 1  # note\n", "m.py")
+    assert same(b'def f():\n    """A."""\n    return 1\n', b'def f():\n    """B."""\n    return 1\n', "m.py")
+    assert not same(b"x = 1\n", b"x = 2\n", "m.py")
+    assert not same(b'def f():\n    return "A."\n', b'def f():\n    return "B."\n', "m.py")
+    assert not same(b"x = 1\n", b"x = 1 \n", "weights.bin")

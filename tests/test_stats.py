@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coral_bench.records import STOP_EOS, STOP_LENGTH, SampleRecord
-from coral_bench.equality import equality, first_divergence
-from coral_bench.stats import (
+from coral_bench.core.records import STOP_EOS, STOP_LENGTH, SampleRecord
+from coral_bench.metrics.equality import equality, first_divergence
+from coral_bench.metrics.stats import (
     compare,
     paired_difference,
     percentiles,
@@ -309,7 +309,7 @@ def test_percentiles():
 
 
 def test_stats_does_not_import_torch():
-    code = "import sys, coral_bench.stats; sys.exit('torch' in sys.modules)"
+    code = "import sys, coral_bench.metrics.stats; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
 
 

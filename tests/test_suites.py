@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from coral_bench.suites import (
+from coral_bench import PACKAGE_DIR
+from coral_bench.run.suites import (
     HUMANEVAL_INSTRUCTION,
     SUITES_ENV,
     Question,
@@ -40,7 +41,7 @@ def _default_suites_dir(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_suites_dir_is_in_the_repo() -> None:
-    assert suites_dir() == REPO / "suites"
+    assert suites_dir() == PACKAGE_DIR / "suites"
 
 
 # --- shipped suites --------------------------------------------------------------------------
@@ -57,7 +58,7 @@ def test_shipped_suite_loads(name: str) -> None:
     assert len(suite.questions) == SHIPPED[name]
     assert suite.max_new_tokens == 256
     assert suite.system_prompt is None
-    assert suite.source.startswith("suites/data/") and (REPO / suite.source).is_file()
+    assert suite.source.startswith("suites/data/") and (PACKAGE_DIR / suite.source).is_file()
     assert len({q.question_id for q in suite.questions}) == len(suite.questions)
 
 
@@ -115,13 +116,13 @@ def test_alpaca_carries_the_non_commercial_note() -> None:
 
 
 def test_sources_md_hashes_match_the_shipped_files() -> None:
-    text = (REPO / "suites" / "SOURCES.md").read_text(encoding="utf-8")
+    text = (PACKAGE_DIR / "suites" / "SOURCES.md").read_text(encoding="utf-8")
     listed = dict(re.findall(r"^\| `([^`]+)` \|.*\| ([0-9a-f]{64}) \|$", text, flags=re.MULTILINE))
-    files = (REPO / "suites" / "data").rglob("*")
-    on_disk = {p.relative_to(REPO / "suites").as_posix() for p in files if p.is_file()}
+    files = (PACKAGE_DIR / "suites" / "data").rglob("*")
+    on_disk = {p.relative_to(PACKAGE_DIR / "suites").as_posix() for p in files if p.is_file()}
     assert set(listed) == on_disk
     for rel, digest in listed.items():
-        assert hashlib.sha256((REPO / "suites" / rel).read_bytes()).hexdigest() == digest, rel
+        assert hashlib.sha256((PACKAGE_DIR / "suites" / rel).read_bytes()).hexdigest() == digest, rel
 
 
 def test_every_shipped_data_file_is_inside_the_repo() -> None:

@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from coral_bench.target import Target, TargetError
-from coral_bench.tree import DraftTree
+from coral_bench.core.target import Target, TargetError
+from coral_bench.core.tree import DraftTree
 
 
 def _random_tree(rng: random.Random, n: int) -> DraftTree:

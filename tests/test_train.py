@@ -18,7 +18,7 @@ from coral_bench.drafters.base import DraftContext, DrafterSettings
 from coral_bench.drafters.checkpoint import embedding_sha256, load_checkpoint
 from coral_bench.drafters.eagle import EagleDrafter, EagleInfo, training_summary
 from coral_bench.drafters.eagle_model import EagleModel
-from coral_bench.target import Target, TargetOutput
+from coral_bench.core.target import Target, TargetOutput
 from coral_bench.train.batching import TrainBatch, collate, plan_epoch, shard, slot_count
 from coral_bench.train.losses import SingleProcess
 from coral_bench.train.loop import Frozen, batch_loss, drafter_config, train
@@ -28,7 +28,7 @@ from coral_bench.train.reporting import NullReporter
 from coral_bench.train.settings import TrainError, settings_for
 from coral_bench.train.state import STATE_DIR, STATE_FILE
 from coral_bench.train.store import FeatureStore, StoreWriter
-from coral_bench.tree import TreeShape
+from coral_bench.core.tree import TreeShape
 
 D = torch.float64
 REPO = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def random_drafter(target: Target, seed: int = 3) -> EagleModel:
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory):
     """Twelve fp64 conversations (prompt masked out, response in the loss), lengths 6…24, in 3 shards."""
-    from coral_bench.tiny import tiny_model
+    from coral_bench.run.tiny import tiny_model
 
     target = Target(tiny_model(seed=0, dtype=D), (2,), name="tiny64")
     path = tmp_path_factory.mktemp("store") / "store"
@@ -404,7 +404,7 @@ def test_output_is_an_eagle_checkpoint_with_provenance(store_dir, target64, tmp_
 
 
 def test_bf16_autocast_trains(store_dir, tmp_path):
-    from coral_bench.tiny import tiny_model
+    from coral_bench.run.tiny import tiny_model
 
     target32 = Target(tiny_model(seed=0, dtype=torch.float32), (2,), name="tiny32")
     result = train(store_dir, tmp_path / "bf16", settings_for("coral", **{**SMALL, "dtype": "bf16", "epochs": 1}),

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from coral_bench.tree import DraftTree, TreeError, TreeShape, forwards_for_depth
+from coral_bench.core.tree import DraftTree, TreeError, TreeShape, forwards_for_depth
 
 
 def test_derived_values_match_brute_force():

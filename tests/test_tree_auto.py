@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from coral_bench.cli import main
-from coral_bench.tree import TreeShape
-from coral_bench.tree_auto import AutoSettings, CandidateScore, TreeChoice, choose
+from coral_bench.core.tree import TreeShape
+from coral_bench.costmodel.tree_search import AutoSettings, CandidateScore, TreeChoice, choose
 
 TREES = [TreeShape.parse(t) for t in ("top_k=2,depth=2,total_tokens=8", "top_k=4,depth=3,total_tokens=16",
                                       "top_k=4,depth=2,total_tokens=8", "top_k=8,depth=5,total_tokens=32")]

@@ -11,9 +11,9 @@ from typing import Callable
 import pytest
 import torch
 
-from coral_bench.sampling import SamplingConfig, sample, warp
-from coral_bench.tree import DraftTree, Verdict
-from coral_bench.verify import expected_accepted, greedy, rejection, verify
+from coral_bench.core.sampling import SamplingConfig, sample, warp
+from coral_bench.core.tree import DraftTree, Verdict
+from coral_bench.core.verify import expected_accepted, greedy, rejection, verify
 
 V = 8  # small vocabulary: every cell of the two-token joint gets many samples
 SAMPLES = 20_000

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import click
 
-from . import analysis, catalog, reports, run, training
+from coral_bench.cli import analysis
+from coral_bench.cli import catalog
+from coral_bench.cli import render as reports
+from coral_bench.cli import run
+from coral_bench.cli import training
 from .common import USER_ERRORS, _fail
 
 # Model-related modules are imported inside the commands that need them: `--help`, `suites` and

@@ -10,7 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..progress import progress_bar
+from coral_bench.run.progress import progress_bar
 from .common import _fail, _fmt, _quiet_transformers, _tree, err, out
 
 
@@ -148,8 +148,8 @@ def profile_command(target, drafters, run_dir, shapes, random_weights, with_targ
     """Latency per layer and region, T_V(n, ctx), prefill and per-cycle loop costs (METHODS.md §7)."""
     import json
 
-    from .. import profile as pf
-    from ..methods import DrafterSpec
+    from coral_bench.costmodel import profile as pf
+    from coral_bench.run.specs import DrafterSpec
 
     _quiet_transformers()
     if tree == "auto":
@@ -166,7 +166,7 @@ def profile_command(target, drafters, run_dir, shapes, random_weights, with_targ
         repeats=repeats, noop_cycles=noop_cycles)
     specs = [DrafterSpec.parse(d) for d in drafters]
     if shape_mode:
-        from ..shapes import profile_shapes
+        from coral_bench.costmodel.shapes import profile_shapes
 
         reports = profile_shapes(shapes, dtype, device, threads, tree, settings, with_target)
         for report in reports:
@@ -192,8 +192,8 @@ def profile_command(target, drafters, run_dir, shapes, random_weights, with_targ
 
 def _what_if(text: str):
     """``tree=SHAPE`` → a TreeShape; ``drafter=SPEC`` → a DrafterSpec (a drafter the run did not time)."""
-    from ..methods import DrafterSpec, MethodError
-    from ..tree import TreeError, TreeShape
+    from coral_bench.run.specs import DrafterSpec, MethodError
+    from coral_bench.core.tree import TreeError, TreeShape
 
     kind, eq, value = text.partition("=")
     if kind not in ("tree", "drafter") or not eq or not value:
@@ -205,7 +205,7 @@ def _what_if(text: str):
 
 
 def _print_estimate(e) -> None:
-    from ..speedup import gap_rows
+    from coral_bench.costmodel.speedup import gap_rows
 
     p = e.prediction
     kind = "what-if (τ from replay)" if e.what_if else "run"
@@ -236,10 +236,10 @@ def _print_estimate(e) -> None:
 @click.option("--drafter", "labels", multiple=True, help="Only these drafter labels (default: all).")
 def estimate_speedup(run_dir, what_ifs, labels):
     """Predicted vs measured speedup per drafter, explained stage by stage (METHODS.md §7)."""
-    from ..replay import estimate_run
+    from coral_bench.costmodel.replay import estimate_run
 
     _quiet_transformers()
-    from ..tree import TreeShape
+    from coral_bench.core.tree import TreeShape
 
     asked = [_what_if(w) for w in what_ifs]
     trees = [w for w in asked if isinstance(w, TreeShape)]
@@ -263,8 +263,8 @@ def replay_command(run_dir, drafter, tree, threads):
     """Exact τ at T = 0 (E[accepted] at T > 0) of a drafter and tree against the run's vanilla output."""
     import json
 
-    from ..methods import DrafterSpec
-    from ..replay import replay_run, save_replay
+    from coral_bench.run.specs import DrafterSpec
+    from coral_bench.costmodel.replay import replay_run, save_replay
 
     _quiet_transformers()
     if tree == "auto":

@@ -11,7 +11,7 @@ from .common import out
 @click.command()
 def suites() -> None:
     """List the shipped suites."""
-    from ..suites import load_suite, suite_names
+    from coral_bench.run.suites import load_suite, suite_names
 
     table = Table("suite", "questions", "turns", "max new tokens", "description")
     for name in suite_names():
@@ -25,7 +25,7 @@ def suites() -> None:
 def drafters() -> None:
     """List the registered drafters and their default trees."""
     from ..drafters.registry import DRAFTERS
-    from ..peers import PEERS
+    from coral_bench.run.peers import PEERS
 
     table = Table("drafter", "default tree", "needs checkpoint", "description")
     for name, entry in DRAFTERS.items():
@@ -37,7 +37,7 @@ def drafters() -> None:
 @click.command()
 def targets() -> None:
     """List the built-in targets (any local HF model directory works too)."""
-    from ..loading import TARGETS
+    from coral_bench.run.targets import TARGETS
 
     table = Table("target", "description")
     for name, text in TARGETS.items():

@@ -28,7 +28,7 @@ def _quiet_transformers() -> None:
 
 
 def _tree(ctx, param, value):
-    from ..tree import TreeError, TreeShape
+    from coral_bench.core.tree import TreeError, TreeShape
 
     if value is None or value == "auto":
         return value

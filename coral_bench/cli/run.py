@@ -11,7 +11,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..progress import progress_bar
+from coral_bench.run.progress import progress_bar
 from .common import _fmt, _quiet_transformers, _tree, err, out
 
 
@@ -39,10 +39,10 @@ from .common import _fmt, _quiet_transformers, _tree, err, out
 def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature, top_p, sample_top_k, seed, dtype,
         device, threads, out, resume, require_idle):
     """Run vanilla, each drafter and each peer over a suite and compare them."""
-    from ..bench import RunConfig, run_suite
-    from ..methods import DrafterSpec
-    from ..sampling import SamplingConfig
-    from ..suites import load_suite
+    from coral_bench.run.runner import RunConfig, run_suite
+    from coral_bench.run.specs import DrafterSpec
+    from coral_bench.core.sampling import SamplingConfig
+    from coral_bench.run.suites import load_suite
 
     _quiet_transformers()
 
@@ -52,7 +52,7 @@ def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature
         raise click.BadParameter("must be >= 1", param_hint="--max-new-tokens")
     auto = None
     if tree == "auto":  # EAGLE-style drafters: the tree the cost model predicts fastest here (tree_auto)
-        from ..tree_auto import AutoSettings
+        from coral_bench.costmodel.tree_search import AutoSettings
 
         tree, auto = None, AutoSettings()
     if resume and out is None:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..progress import progress_bar
+from coral_bench.run.progress import progress_bar
 from .common import _fail, _quiet_transformers, err, out
 
 
@@ -56,8 +56,8 @@ def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_
 
     import torch
 
-    from ..loading import load_target
-    from ..train.data import DataConfig, DataProgress, features_from_ids, generate_store
+    from coral_bench.run.targets import load_target
+    from coral_bench.train.gen_data import DataConfig, DataProgress, features_from_ids, generate_store
 
     if threads is not None:
         if threads < 1:
@@ -166,8 +166,8 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
     import torch
     from accelerate import PartialState
 
-    from ..devices import cpu_has_native_bf16
-    from ..loading import load_target
+    from coral_bench.run.devices import cpu_has_native_bf16
+    from coral_bench.run.targets import load_target
     from ..train.loop import train as run_training
     from ..train.reporting import RichReporter
     from ..train.settings import settings_for
@@ -240,7 +240,7 @@ def train_router_command(drafter, data, router_groups, router_k, partition, out_
     """Train CORAL's LM-head router on a frozen stage-1 drafter (two-stage protocol, METHODS.md §6)."""
     import torch
 
-    from ..loading import load_target
+    from coral_bench.run.targets import load_target
     from ..train.router_loop import RouterSettings, train_router
     from ..train.store import read_manifest
 

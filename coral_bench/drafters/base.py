@@ -13,8 +13,8 @@ from typing import Callable, Protocol
 
 import torch
 
-from ..target import Target, TargetOutput
-from ..tree import DraftTree, TreeShape, Verdict
+from coral_bench.core.target import Target, TargetOutput
+from coral_bench.core.tree import DraftTree, TreeShape, Verdict
 
 
 @dataclass(frozen=True)

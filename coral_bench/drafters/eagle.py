@@ -25,9 +25,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..methods import MethodError, split_argument
-from ..target import Target, TargetOutput
-from ..tree import DraftTree, TreeShape, Verdict, forwards_for_depth
+from coral_bench.run.specs import MethodError, split_argument
+from coral_bench.core.target import Target, TargetOutput
+from coral_bench.core.tree import DraftTree, TreeShape, Verdict, forwards_for_depth
 from .base import DraftContext, DrafterError, DrafterSettings, generator_for
 from .checkpoint import EagleCheckpoint, load_checkpoint
 from .eagle_model import DraftKVCache, EagleConfig, EagleConfigError, EagleModel
@@ -52,7 +52,7 @@ class EagleInfo:
 
     def record(self) -> dict[str, Any]:
         """What a run's results say about these weights: where from, their hash, how they were trained."""
-        from ..provenance import portable_path
+        from coral_bench.run.provenance import portable_path
 
         head = {k: v for k, v in self.head.items() if k != "counts" and not isinstance(v, (list, dict))}
         return {"checkpoint": portable_path(self.checkpoint) if self.checkpoint else None,

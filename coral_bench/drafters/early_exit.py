@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import torch
 
-from ..target import Target, TargetError, TargetOutput
-from ..tree import DraftTree, Verdict
+from coral_bench.core.target import Target, TargetError, TargetOutput
+from coral_bench.core.tree import DraftTree, Verdict
 from .base import DraftContext, DrafterError, DrafterSettings
 
 

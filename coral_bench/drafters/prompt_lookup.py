@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..target import Target, TargetOutput
-from ..tree import DraftTree, Verdict
+from coral_bench.core.target import Target, TargetOutput
+from coral_bench.core.tree import DraftTree, Verdict
 from .base import DraftContext, DrafterSettings
 
 MAX_NGRAM = 3

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..target import Target
-from ..tree import TreeShape
+from coral_bench.core.target import Target
+from coral_bench.core.tree import TreeShape
 from .base import Drafter, DrafterError, DrafterFactory, DrafterSettings
 from .eagle import build_eagle, build_routed
 from .early_exit import build_early_exit

@@ -11,7 +11,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from ..methods import MethodError, join_argument, split_argument
+from coral_bench.run.specs import MethodError, join_argument, split_argument
 from .base import DrafterError, DrafterSettings
 
 ASSETS_ENV = "CORAL_BENCH_ASSETS"  # another assets folder (tests)

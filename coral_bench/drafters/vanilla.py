@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..target import Target, TargetOutput
-from ..tree import DraftTree, Verdict
+from coral_bench.core.target import Target, TargetOutput
+from coral_bench.core.tree import DraftTree, Verdict
 from .base import DraftContext, DrafterSettings
 
 

@@ -14,7 +14,7 @@ loads a model, so it runs in seconds anywhere. Modules:
 
 from .document import HTML, MARKDOWN, Report, ReportFiles, build_report, to_html, to_markdown, write_report
 from .manifest import ManifestEntry, load_manifest, manifest_runs, render_manifest
-from .run import SUPPORTED_SCHEMA, ReportError, Run, load_run, load_runs
+from coral_bench.rundir.reader import SUPPORTED_SCHEMA, ReportError, Run, load_run, load_runs
 
 __all__ = ["HTML", "MARKDOWN", "ManifestEntry", "Report", "ReportError", "ReportFiles", "Run", "SUPPORTED_SCHEMA",
            "build_report", "load_manifest", "load_run", "load_runs", "manifest_runs", "render_manifest", "to_html",

@@ -14,7 +14,7 @@ from typing import Sequence
 from . import figures as fg
 from . import measured, model, overview, replays, training
 from .blocks import FIGURES_DIR, Figure, Section, inline_html, section_html, section_markdown
-from .run import Run, load_runs
+from coral_bench.rundir.reader import Run, load_runs
 
 MARKDOWN = "report.md"
 HTML = "report.html"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .document import ReportFiles, write_report
-from .run import ReportError
+from coral_bench.rundir.reader import ReportError
 
 KEYS = ("out", "runs")
 

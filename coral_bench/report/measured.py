@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from ..stats import paired_difference
+from coral_bench.metrics.stats import paired_difference
 from . import figures as fg
 from .blocks import DASH, Figure, Heading, Section, Table, Text, ms, num, pct, times
-from .run import MethodResult, Run
+from coral_bench.rundir.reader import MethodResult, Run
 
 MTBENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 

@@ -15,7 +15,7 @@ from . import figures as fg
 from .blocks import DASH, Figure, Section, Table, Text, pct, times
 from .measured import method_name
 from .published import FR_SPEC_LM_HEAD
-from .run import Run
+from coral_bench.rundir.reader import Run
 
 # Shapes of profile.t_v (alias profile.verification) this report reads:
 #   [{"nodes": n, "seconds": t[, "context": c]}, …]  or  {"nodes": [n…], "seconds": [t…]}

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from .blocks import DASH, Bullets, Section, Table, Text, num
 from .model import TV_SHAPE, tv_points
 from .published import PUBLISHED
-from .run import Run
+from coral_bench.rundir.reader import Run
 
 
 def title(runs: Sequence[Run]) -> str:

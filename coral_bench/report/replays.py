@@ -8,7 +8,7 @@ from typing import Sequence
 
 from .blocks import DASH, Section, Table, Text, num
 from .measured import PAIRED_RESAMPLES, paired_row
-from .run import ReplayedTau, Run
+from coral_bench.rundir.reader import ReplayedTau, Run
 
 MAX_PAIRED = 6  # replays of one tree compared pairwise (15 pairs); larger sweeps: scripts/router_table.py
 

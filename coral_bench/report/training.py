@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .blocks import DASH, Section, Table, Text
-from .run import DrafterTraining, Run
+from coral_bench.rundir.reader import DrafterTraining, Run
 
 # Short names of the tuned loss settings (drafters.eagle.TUNED_LOSS_SETTINGS), in display order.
 _SETTING_NAMES = (("distill_k", "top-K"), ("step_decay", "step decay"), ("csra_weight", "λ"),

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from ..drafters.checkpoint import save_checkpoint
 from ..drafters.eagle_model import EagleConfig, EagleModel
-from ..target import Target
+from coral_bench.core.target import Target
 from .batching import TrainBatch, feature_noise, mix_seed, shard
 from .losses import (CombinedLoss, LossInputs, SingleProcess, TorchDistributed, combine, loss_parts)
 from .multistep import MultiStepDrafter, step_valid
@@ -233,7 +233,7 @@ def train(
     """
     from accelerate import Accelerator
 
-    from .. import provenance
+    from coral_bench.run import provenance
 
     code_hash = provenance.git_hash()  # the code this process imported, not what HEAD is by the end
     acc = Accelerator(cpu=target.device.type == "cpu")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..target import Target
+from coral_bench.core.target import Target
 from .store import FeatureStore, Sequence
 from .target_passes import teacher_forced
 

@@ -58,7 +58,7 @@ class OverlapIndex:
     def from_suites(cls, names: Iterable[str] | None = None) -> OverlapIndex:
         """Every turn of every question of the shipped suites (mtbench, humaneval-full, gsm8k-full,
         alpaca and their subsets), or of the suites ``names``."""
-        from ..suites import load_suite, suite_names
+        from coral_bench.run.suites import load_suite, suite_names
 
         names = tuple(suite_names() if names is None else names)
         texts = [turn for name in names for q in load_suite(name).questions for turn in q.turns]

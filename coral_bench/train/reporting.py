@@ -88,7 +88,7 @@ class RichReporter:
     def start(self, total_steps: int, done_steps: int, description: str) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        from ..progress import progress_bar
+        from coral_bench.run.progress import progress_bar
 
         self._bar = progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..drafters.checkpoint import load_checkpoint, save_checkpoint
 from ..drafters.router import ROUTER_WIDTH, SCORES, Router, router_description
 from ..drafters.vocab_grouping import CLUSTER_ITERATIONS, COUNTS_KEY, PARTITIONS, VocabGrouping, make_grouping
-from ..target import Target
+from coral_bench.core.target import Target
 from .batching import TrainBatch, mix_seed
 from .loop import Frozen, lr_factor
 from .multistep import MultiStepDrafter
@@ -245,7 +245,7 @@ def train_router(
     command: str | None = None,
 ) -> RouterResult:
     """Train a router for the stage-1 ``drafter`` on ``store_path`` and write the routed drafter to ``out``."""
-    from .. import provenance
+    from coral_bench.run import provenance
 
     out = Path(out)
     if (out / "config.json").exists():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, StaticCache
 
-from ..target import Target
+from coral_bench.core.target import Target
 
 
 # ---- sequences: masks from lengths -------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..target import Target
+from coral_bench.core.target import Target
 from .batching import TrainBatch, collate_sequences, plan_epoch, slot_count, split_eval
 from .online import OnlineFeatures
 from .settings import TrainError, TrainSettings

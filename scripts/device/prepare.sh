@@ -9,7 +9,7 @@ D=.devcarry
 SPLIT=${SPLIT:-45000000}  # bytes of the GGUF in the first piece
 mkdir -p "$D"
 grep -qx '/.devcarry/' .git/info/exclude || echo '/.devcarry/' >> .git/info/exclude
-G=$(python -c "from coral_bench.loading import gguf_path; print(gguf_path())")
+G=$(python -c "from coral_bench.run.targets import gguf_path; print(gguf_path())")
 head -c "$SPLIT" "$G" > "$D/gguf.a"
 tail -c +"$((SPLIT + 1))" "$G" > "$D/gguf.b"
 python scripts/export_first_turns.py "$D/sharegpt-first-turns.json"

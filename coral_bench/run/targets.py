@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
-from .devices import resolve_device, resolve_dtype
-from .target import Target
-from .tiny import tiny_model, tiny_tokenizer
+from coral_bench.run.devices import resolve_device, resolve_dtype
+from coral_bench.core.target import Target
+from coral_bench.run.tiny import tiny_model, tiny_tokenizer
 
 EMBEDDED = "smollm2-135m"
 TINY = "tiny-random"

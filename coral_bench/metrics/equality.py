@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Mapping, Sequence
 
-from coral_bench.records import SampleRecord
-from coral_bench.stats import paired_samples
+from coral_bench.core.records import SampleRecord
+from coral_bench.metrics.stats import paired_samples
 
 
 def first_divergence(a_ids: Sequence[int], b_ids: Sequence[int]) -> int | None:

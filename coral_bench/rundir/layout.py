@@ -23,7 +23,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from .records import CycleRecord, SampleRecord
+from coral_bench.core.records import CycleRecord, SampleRecord
 
 SCHEMA_VERSION = 1
 CONFIG = "config.json"

@@ -29,20 +29,20 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .clock import Clock
-from .decode import generate
-from .drafters.base import Drafter, DrafterSettings, generator_for
-from .drafters.eagle import EagleDrafter, EagleInfo
-from .drafters.early_exit import EarlyExitDrafter, parse_layers
-from .drafters.eagle_model import EagleOutput, KVBlock
-from .drafters.registry import build_drafter
-from .profile_forwards import tree_k
-from .profile_terms import EarlyExitView, constant_reference
-from .records import SampleRecord
-from .sampling import SamplingConfig
-from .speedup import LoopCosts
-from .target import Target
-from .tree import TreeShape
+from coral_bench.core.clock import Clock
+from coral_bench.core.decode import generate
+from coral_bench.drafters.base import Drafter, DrafterSettings, generator_for
+from coral_bench.drafters.eagle import EagleDrafter, EagleInfo
+from coral_bench.drafters.early_exit import EarlyExitDrafter, parse_layers
+from coral_bench.drafters.eagle_model import EagleOutput, KVBlock
+from coral_bench.drafters.registry import build_drafter
+from coral_bench.costmodel.forwards import tree_k
+from coral_bench.costmodel.terms import EarlyExitView, constant_reference
+from coral_bench.core.records import SampleRecord
+from coral_bench.core.sampling import SamplingConfig
+from coral_bench.costmodel.speedup import LoopCosts
+from coral_bench.core.target import Target
+from coral_bench.core.tree import TreeShape
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ class _DrafterView:
 
 def _noop_drafter(name: str, settings: DrafterSettings, eos: Sequence[int], device: torch.device,
                   gen: torch.Generator, info: EagleInfo | None, target: Target | None = None) -> Drafter:
-    from .profile import EARLY_EXIT, ORACLES, is_eagle  # the pass's drafter kinds (profile imports this module)
+    from coral_bench.costmodel.profile import EARLY_EXIT, ORACLES, is_eagle  # the pass's drafter kinds (profile imports this module)
 
     if is_eagle(name):
         k = tree_k(settings.tree, 10**9)
@@ -236,7 +236,7 @@ def noop_loop(config: Any, dtype: torch.dtype, device: torch.device, name: str, 
     """Per-cycle costs outside model forwards: the real decode loop, ``Target`` and drafter code around
     stand-in networks that return precomputed outputs (METHODS.md §7), replaying ``plans``. Oracles read a
     constant greedy line (untimed, as in a run); ``checkpoint`` carries early-exit's layer count."""
-    from .profile import EARLY_EXIT, ORACLES
+    from coral_bench.costmodel.profile import EARLY_EXIT, ORACLES
 
     gen = torch.Generator().manual_seed(seed)
     eos = eos_ids(config)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from coral_bench.sampling import SamplingConfig, sample, warp
-from coral_bench.tree import DraftTree, Verdict
+from coral_bench.core.sampling import SamplingConfig, sample, warp
+from coral_bench.core.tree import DraftTree, Verdict
 
 # Residual mass at or below this is treated as empty: only reachable through rounding, since a
 # child that holds all the remaining mass is accepted with probability 1.

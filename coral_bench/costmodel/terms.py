@@ -18,13 +18,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .clock import Clock
-from .curves import Curve, Grid
-from .draft_costs import EarlyExitCosts, HeadRowCosts
-from .drafters.draft_heads import RoutedHead, SubsetHead
-from .profile_forwards import (RegionProfile, RegionTimer, median_repeat, median_time, random_ids, target_modules,
+from coral_bench.core.clock import Clock
+from coral_bench.costmodel.curves import Curve, Grid
+from coral_bench.costmodel.draft_costs import EarlyExitCosts, HeadRowCosts
+from coral_bench.drafters.draft_heads import RoutedHead, SubsetHead
+from coral_bench.costmodel.forwards import (RegionProfile, RegionTimer, median_repeat, median_time, random_ids, target_modules,
                                target_regions)
-from .target import EarlyExitDraft, Target
+from coral_bench.core.target import EarlyExitDraft, Target
 
 HEAD_ROW_POINTS = 5  # row counts on the head-rows curve of a routed head (1 … N groups)
 

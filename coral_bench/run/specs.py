@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .tree import TreeShape
+from coral_bench.core.tree import TreeShape
 
 
 class MethodError(ValueError):

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from .curves import Curve, Grid, curve, curve_json
+from coral_bench.costmodel.curves import Curve, Grid, curve, curve_json
 
 
 @dataclass(frozen=True)

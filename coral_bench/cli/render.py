@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from coral_bench import CHECKOUT_ROOT
 import sys
 from pathlib import Path
 
 import click
 
-from .common import _fail
+from coral_bench.cli.common import _fail
 
 
 @click.command()
@@ -18,7 +19,7 @@ from .common import _fail
               help="Instead of RUN_DIRS: re-render every [[report]] of this TOML manifest (reports/reports.toml).")
 def report(run_dirs, out, manifest):
     """Write report.md and a self-contained report.html from run directories (results files only)."""
-    from ..report import render_manifest, write_report
+    from coral_bench.report import render_manifest, write_report
 
     if manifest is not None and (run_dirs or out is not None):
         _fail("give either RUN_DIRS [--out DIR] or --manifest FILE, not both")
@@ -38,13 +39,13 @@ def report(run_dirs, out, manifest):
 def check_stale(run_dirs, manifest, repo):
     """Did decoder or drafter code change since these runs were made? Exit 1 when any run is stale or
     cannot be checked (one line each), 0 when all are current."""
-    from ..report import manifest_runs
-    from ..staleness import check_runs
+    from coral_bench.report import manifest_runs
+    from coral_bench.rundir.staleness import check_runs
 
     runs = list(run_dirs) + [r for r in (manifest_runs(manifest) if manifest is not None else ()) if r not in run_dirs]
     if not runs:
         _fail("give at least one run directory (or --manifest FILE)")
-    verdicts = check_runs(runs, repo if repo is not None else Path(__file__).resolve().parent.parent)
+    verdicts = check_runs(runs, repo if repo is not None else CHECKOUT_ROOT)
     for verdict in verdicts:
         click.echo(verdict.line)
     if all(v.ok for v in verdicts):

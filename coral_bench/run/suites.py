@@ -7,6 +7,7 @@ are converted here, at load time, so the shipped data files stay byte-identical 
 
 from __future__ import annotations
 
+from coral_bench import PACKAGE_DIR
 import json
 import os
 import tomllib
@@ -78,7 +79,7 @@ def suites_dir() -> Path:
     override = os.environ.get(SUITES_ENV)
     if override:
         return Path(override).expanduser()
-    return Path(__file__).resolve().parent.parent / "suites"
+    return PACKAGE_DIR / "suites"
 
 
 def suite_names() -> list[str]:
@@ -157,7 +158,7 @@ def _load_definition(path: Path) -> Suite:
         # Runs must depend only on data shipped (and hashed) in the repository.
         raise SuiteError(f"{path}: file {raw['file']!r} must be a relative path inside {root}")
     try:
-        source = data.relative_to(Path(__file__).resolve().parent.parent).as_posix()
+        source = data.relative_to(PACKAGE_DIR).as_posix()
     except ValueError:  # an overridden suites folder outside the repo
         source = str(data)
 

@@ -12,12 +12,12 @@ from typing import Callable
 
 import torch
 
-from .clock import Clock
-from .drafters.base import DraftContext, Drafter
-from .records import STOP_EOS, STOP_LENGTH, CycleRecord
-from .sampling import SamplingConfig, sample, warp
-from .target import Target, TargetError
-from .verify import expected_accepted, verify
+from coral_bench.core.clock import Clock
+from coral_bench.drafters.base import DraftContext, Drafter
+from coral_bench.core.records import STOP_EOS, STOP_LENGTH, CycleRecord
+from coral_bench.core.sampling import SamplingConfig, sample, warp
+from coral_bench.core.target import Target, TargetError
+from coral_bench.core.verify import expected_accepted, verify
 
 
 @dataclass(frozen=True)

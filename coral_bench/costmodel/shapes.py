@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .drafters.eagle_model import EagleConfig, EagleModel, rope_inv_freq
+from coral_bench.drafters.eagle_model import EagleConfig, EagleModel, rope_inv_freq
 
 
 class ShapeError(ValueError):
@@ -182,7 +182,7 @@ def shape_harness(shape: ModelShape, dtype: torch.dtype, device: torch.device, t
     """A random-weight EAGLE drafter of ``shape`` with a random LM head (also used as the embedding)."""
     import torch.nn.functional as F
 
-    from .profile_forwards import DraftHarness
+    from coral_bench.costmodel.forwards import DraftHarness
 
     config = shape.drafter_config()
     model = random_drafter(config, dtype, device)
@@ -198,12 +198,12 @@ def profile_shape(shape: ModelShape, dtype: torch.dtype, device: torch.device, t
     memory allows. Returns a ``profile.ProfileReport``."""
     from transformers import AutoConfig
 
-    from . import profile as pf
-    from .clock import Clock, load_average
-    from .profile_forwards import forward_costs
-    from .profile_noop import eos_ids, noop_loop, synthetic_plans
-    from .speedup import DrafterCosts
-    from .target import Target
+    from coral_bench.costmodel import profile as pf
+    from coral_bench.core.clock import Clock, load_average
+    from coral_bench.costmodel.forwards import forward_costs
+    from coral_bench.costmodel.noop import eos_ids, noop_loop, synthetic_plans
+    from coral_bench.costmodel.speedup import DrafterCosts
+    from coral_bench.core.target import Target
 
     load_before, clock = load_average(), Clock(device)
     gen = torch.Generator().manual_seed(settings.seed)
@@ -231,8 +231,8 @@ def profile_shape(shape: ModelShape, dtype: torch.dtype, device: torch.device, t
 def profile_shapes(names, dtype: str | None, device: str | None, threads: int | None, tree, settings,
                    with_target: bool = False) -> list:
     """``profile_shape`` for each shape name or config path (default tree: the CPU default of EAGLE drafters)."""
-    from .devices import resolve_device, resolve_dtype
-    from .drafters.registry import CPU_TREE
+    from coral_bench.run.devices import resolve_device, resolve_dtype
+    from coral_bench.drafters.registry import CPU_TREE
 
     if threads:
         torch.set_num_threads(int(threads))

@@ -2,10 +2,15 @@
 
 A run measures the decoder and drafter code it was made with. When any file in :data:`WATCHED`
 differs between the recorded commit and the checkout (the working tree, uncommitted edits
-included), the run is ``stale``: its timings and acceptance may not hold any more, so it needs
+included) in what it does, the run is ``stale``: its timings and acceptance may not hold any more, so it needs
 redoing. Otherwise it is ``current``. A run is ``unknown`` when that cannot be decided: no git, no
 git checkout, no hash recorded, a commit this repository lacks, or a ``-dirty`` hash (the run came
 from uncommitted changes on top of that commit, and what they were is not recorded).
+
+What a Python file does is its syntax tree without imports and docstrings (:func:`same_code`), followed
+across renames (``git diff -M``): moving a module and rewriting the imports that name it, or editing
+comments and docstrings, changes no measurement; any other edit does. Other files (shipped weights)
+are compared byte for byte.
 
 Reads results.json and runs ``git``; never imports torch. Resumed runs are checked for the hash of
 every session (``provenance.sessions``), and the worst verdict wins.
@@ -13,18 +18,18 @@ every session (``provenance.sessions``), and the worst verdict wins.
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from . import results as rd
+from coral_bench.rundir import layout as rd
 
 # Decoder and drafter code, relative to the checkout root (a folder ends with "/"); assets/ holds
 # shipped drafter weights once there are any. A pathspec that matches nothing is fine for git.
-WATCHED = ("coral_bench/decode.py", "coral_bench/target.py", "coral_bench/verify.py", "coral_bench/tree.py",
-           "coral_bench/sampling.py", "coral_bench/drafters/", "coral_bench/assets/")
+WATCHED = ("coral_bench/core/", "coral_bench/drafters/", "coral_bench/assets/")
 DIRTY = "-dirty"
 CURRENT, STALE, UNKNOWN = "current", "stale", "unknown"
 _WORST = (CURRENT, UNKNOWN, STALE)  # a run's verdict is the worst over its sessions' hashes
@@ -95,10 +100,10 @@ def _check_hash(run: Path, recorded: str | None, root: Path, watched: tuple[str,
         return Verdict(run, UNKNOWN, f"its commit {base} is not in this repository (another clone, or history "
                                      "not fetched): cannot tell")
     made = f"made at {short}" + (" with uncommitted changes" if dirty else "")
-    changed = _git_lines(root, "diff", "--name-only", base, "--", *watched)
+    changed = changed_files(root, base, watched)
     if changed:
-        commits = _git_lines(root, "log", "--format=%h", f"{base}..HEAD", "--", *watched)
-        uncommitted = _git_lines(root, "diff", "--name-only", "HEAD", "--", *watched)
+        commits = _git_lines(root, "log", "--format=%h", f"{base}..HEAD", "--", *changed)
+        uncommitted = _git_lines(root, "diff", "--name-only", "HEAD", "--", *changed)
         how = [f"{len(commits)} commit(s) ({_some(commits)})"] if commits else []
         how += ["uncommitted edits"] if uncommitted else []
         how = how or [f"commits of {short} that this branch lacks"]
@@ -109,6 +114,74 @@ def _check_hash(run: Path, recorded: str | None, root: Path, watched: tuple[str,
                                      "uncommitted changes it ran with are not recorded; redo it from a clean "
                                      "checkout to be sure")
     return Verdict(run, CURRENT, f"{made}; no decoder or drafter code changed since")
+
+
+def changed_files(root: Path, base: str, watched: Sequence[str]) -> list[str]:
+    """Watched files (their current paths) whose code differs between commit ``base`` and the working tree.
+    Renames are followed, git's own (``-M``) and any added file whose code equals a deleted one's (a small
+    module whose imports were rewritten can fall below git's similarity threshold); a file deleted
+    since ``base`` and not moved counts as changed under its old path."""
+    entries = [line.split("\t") for line in _git_lines(root, "diff", "-M", "--name-status", base)]
+    deleted = {paths[0]: _git_blob(root, base, paths[0]) for status, *paths in entries if status == "D"}
+    moved_from: set[str] = set()
+    changed = []
+    for status, *paths in entries:
+        old, new = paths[0], paths[-1]
+        if status == "A":
+            twin = next((d for d, blob in deleted.items() if d not in moved_from
+                         and same_code(blob, (root / new).read_bytes(), new)), None)
+            if twin is not None:
+                moved_from.add(twin)
+                continue
+        if not any(_watched(p, watched) for p in paths) or status == "D":
+            continue
+        if status == "R100" or (status[0] in "MR" and same_code(_git_blob(root, base, old),
+                                                                (root / new).read_bytes(), new)):
+            continue
+        changed.append(new)
+    changed += [d for d in deleted if d not in moved_from and _watched(d, watched)]
+    return changed
+
+
+def same_code(before: bytes, after: bytes, path: str) -> bool:
+    """Whether two versions of a file do the same: for Python, equal syntax trees once imports and
+    docstrings are dropped (comments are not in the tree); for anything else, equal bytes."""
+    if before == after:
+        return True
+    if not path.endswith(".py"):
+        return False
+    try:
+        return _behaviour(before) == _behaviour(after)
+    except SyntaxError:
+        return False
+
+
+def _behaviour(source: bytes) -> str:
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list):
+            continue
+        if isinstance(node, _DOCUMENTED) and body and _is_docstring(body[0]):
+            body = body[1:]
+        node.body = [n for n in body if not isinstance(n, (ast.Import, ast.ImportFrom))] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+_DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _is_docstring(node: ast.AST) -> bool:
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+
+def _watched(path: str, watched: Sequence[str]) -> bool:
+    return any(path.startswith(w) if w.endswith("/") else path == w for w in watched)
+
+
+def _git_blob(root: Path, commit: str, path: str) -> bytes:
+    done = subprocess.run(["git", "-C", str(root), "show", f"{commit}:{path}"], capture_output=True, timeout=60)
+    return done.stdout if done.returncode == 0 else b""
 
 
 def _checkout_problem(repo: Path) -> str | None:

@@ -30,19 +30,19 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from . import results as rd
-from .clock import Clock, is_busy, load_average
-from .drafters.base import DrafterSettings
-from .drafters.eagle import build_eagle, build_routed
-from .drafters.early_exit import parse_layers
-from .drafters.registry import DRAFTERS, build_drafter
-from .profile_forwards import DraftHarness, RegionProfile, forward_costs, measure_prefill, measure_t_v, target_regions
-from .profile_noop import NoopPlan, noop_loop, plans_from_samples, synthetic_plans
-from .profile_terms import early_exit_costs, head_row_costs
-from .records import SampleRecord
-from .speedup import DrafterCosts, TargetCosts, lm_head_shares
-from .target import Target
-from .tree import TreeShape
+from coral_bench.rundir import layout as rd
+from coral_bench.core.clock import Clock, is_busy, load_average
+from coral_bench.drafters.base import DrafterSettings
+from coral_bench.drafters.eagle import build_eagle, build_routed
+from coral_bench.drafters.early_exit import parse_layers
+from coral_bench.drafters.registry import DRAFTERS, build_drafter
+from coral_bench.costmodel.forwards import DraftHarness, RegionProfile, forward_costs, measure_prefill, measure_t_v, target_regions
+from coral_bench.costmodel.noop import NoopPlan, noop_loop, plans_from_samples, synthetic_plans
+from coral_bench.costmodel.terms import early_exit_costs, head_row_costs
+from coral_bench.core.records import SampleRecord
+from coral_bench.costmodel.speedup import DrafterCosts, TargetCosts, lm_head_shares
+from coral_bench.core.target import Target
+from coral_bench.core.tree import TreeShape
 
 PROFILE = "profile.json"
 SCHEMA = 1
@@ -233,7 +233,7 @@ def run_contexts(samples: Sequence[SampleRecord]) -> tuple[tuple[int, ...], tupl
 
 def run_methods(run_dir: Path, extra: Sequence[Any] = ()) -> list[MethodSpec]:
     """vanilla and the run's drafters (``config.json``), plus ``extra`` DrafterSpecs, with their plans."""
-    from .methods import DrafterSpec
+    from coral_bench.run.specs import DrafterSpec
 
     config = json.loads((run_dir / rd.CONFIG).read_text())
     samples = rd.read_samples(run_dir)
@@ -289,7 +289,7 @@ def profile_run(run_dir: Path, settings: ProfileSettings | None = None, extra: S
     """The profile pass for a run directory: its target, dtype, device and threads, vanilla and its drafters
     (+ ``extra`` DrafterSpecs); contexts and prompt lengths from its samples unless ``own_lengths`` is False
     (then ``settings``'). Written into the run (profile.json, results.json)."""
-    from .loading import load_target
+    from coral_bench.run.targets import load_target
 
     config = json.loads((run_dir / rd.CONFIG).read_text())
     samples = rd.read_samples(run_dir)
@@ -316,7 +316,7 @@ def ensure_profile(run_dir: Path, settings: ProfileSettings | None = None, loade
 def profile_standalone(target_name: str, dtype: str | None, device: str | None, threads: int | None,
                        drafters: Sequence[Any], tree: TreeShape | None, settings: ProfileSettings) -> ProfileReport:
     """The profile pass without a run: synthetic acceptance plans, the given lengths."""
-    from .loading import load_target
+    from coral_bench.run.targets import load_target
 
     _set_threads(threads)
     loaded = load_target(target_name, dtype, device)
@@ -327,7 +327,7 @@ def profile_standalone(target_name: str, dtype: str | None, device: str | None, 
 def standalone_methods(drafters: Sequence[Any], tree: TreeShape | None, settings: ProfileSettings,
                        new_tokens: int = 64) -> list[MethodSpec]:
     """vanilla + ``drafters`` (DrafterSpecs; default: a random-weight ``eagle``) with synthetic plans."""
-    from .methods import DrafterSpec
+    from coral_bench.run.specs import DrafterSpec
 
     prompt = settings.prompts[len(settings.prompts) // 2]
     specs = [DrafterSpec("vanilla", "vanilla", None, TreeShape("chain", 1))]

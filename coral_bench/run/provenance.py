@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from coral_bench import CHECKOUT_ROOT
 import datetime as dt
 import os
 import platform
@@ -12,9 +13,9 @@ from pathlib import Path
 import torch
 import transformers
 
-from .chat import template_hash
-from .clock import is_busy
-from .loading import LoadedTarget
+from coral_bench.run.chat import template_hash
+from coral_bench.core.clock import is_busy
+from coral_bench.run.targets import LoadedTarget
 
 
 GIT_HASH_ENV = "CORAL_BENCH_GIT_HASH"
@@ -26,7 +27,7 @@ def git_hash() -> str | None:
     carry no ``.git``, or a stale one."""
     if os.environ.get(GIT_HASH_ENV):
         return os.environ[GIT_HASH_ENV]
-    root = Path(__file__).resolve().parent.parent
+    root = CHECKOUT_ROOT
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if head.returncode != 0:
@@ -42,7 +43,7 @@ def portable_path(path: str | Path) -> str:
     """``path`` as recorded in results: relative to the checkout when inside it (shipped assets),
     else with the home folder written ``~``, so records name no machine-specific prefix."""
     resolved = Path(path).expanduser().resolve()
-    root = Path(__file__).resolve().parent.parent
+    root = CHECKOUT_ROOT
     for base, shown in ((root, None), (Path.home().resolve(), "~")):
         if resolved.is_relative_to(base):
             rel = resolved.relative_to(base).as_posix()

@@ -29,9 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping, Sequence
 
-from .curves import Curve, Grid, curve as _curve, curve_json as _curve_json, grid as _grid, grid_json as _grid_json
-from .draft_costs import EarlyExitCosts, HeadRowCosts
-from .records import SampleRecord
+from coral_bench.costmodel.curves import Curve, Grid, curve as _curve, curve_json as _curve_json, grid as _grid, grid_json as _grid_json
+from coral_bench.costmodel.draft_costs import EarlyExitCosts, HeadRowCosts
+from coral_bench.core.records import SampleRecord
 
 
 # ---------------------------------------------------------------------------------------------

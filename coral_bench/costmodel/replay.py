@@ -26,21 +26,21 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from . import results as rd
-from .chat import render
-from .drafters.base import DraftContext, Drafter, DrafterSettings
-from .drafters.eagle import EagleInfo
-from .drafters.registry import DRAFTERS, build_drafter
-from .loading import LoadedTarget, load_target
-from .provenance import git_hash
-from .records import SampleRecord
-from .reference import GreedyReference
-from .sampling import SamplingConfig
-from .speedup import SampleShape, VANILLA, shape_cycles
-from .suites import Suite, SuiteError, limit, load_suite
-from .target import Target, TargetOutput
-from .tree import DraftTree, TreeShape, Verdict
-from .verify import expected_accepted
+from coral_bench.rundir import layout as rd
+from coral_bench.run.chat import render
+from coral_bench.drafters.base import DraftContext, Drafter, DrafterSettings
+from coral_bench.drafters.eagle import EagleInfo
+from coral_bench.drafters.registry import DRAFTERS, build_drafter
+from coral_bench.run.targets import LoadedTarget, load_target
+from coral_bench.run.provenance import git_hash
+from coral_bench.core.records import SampleRecord
+from coral_bench.core.reference import GreedyReference
+from coral_bench.core.sampling import SamplingConfig
+from coral_bench.costmodel.speedup import SampleShape, VANILLA, shape_cycles
+from coral_bench.run.suites import Suite, SuiteError, limit, load_suite
+from coral_bench.core.target import Target, TargetOutput
+from coral_bench.core.tree import DraftTree, TreeShape, Verdict
+from coral_bench.core.verify import expected_accepted
 
 REPLAYS = rd.REPLAYS
 ORACLES = ("oracle", "noisy-oracle")  # drafters that read the greedy reference
@@ -333,10 +333,10 @@ def what_if(run_dir: Path, label: str, name: str, checkpoint: str | None, tree: 
             loaded: LoadedTarget) -> tuple[Any, ReplayResult]:
     """Predicted speedup of drafter ``label`` with another ``tree``: τ from replay, latency terms from the
     run's profile (target) plus a profile of the drafter's forwards and no-op loop at that tree."""
-    from . import profile as pf
-    from .clock import Clock
-    from .profile_noop import NoopPlan
-    from .speedup import Estimate, predict_against_vanilla
+    from coral_bench.costmodel import profile as pf
+    from coral_bench.core.clock import Clock
+    from coral_bench.costmodel.noop import NoopPlan
+    from coral_bench.costmodel.speedup import Estimate, predict_against_vanilla
 
     result = replay_run(run_dir, label, name, checkpoint, tree, loaded)
     s = profile_body.get("settings", {})
@@ -365,8 +365,8 @@ def estimate_run(run_dir: Path, trees: Sequence[TreeShape] = (), labels: Sequenc
     what-if drafter (``drafters``: ``DrafterSpec``s the run did not time, e.g. other router settings;
     τ from replay); runs the profile pass first when the run has no ``profile.json``; writes the
     predictions into results.json."""
-    from . import profile as pf
-    from .speedup import estimate_method, write_predictions
+    from coral_bench.costmodel import profile as pf
+    from coral_bench.costmodel.speedup import estimate_method, write_predictions
 
     config = _config(run_dir)
     timed = json.loads((run_dir / rd.RESULTS).read_text()).get("drafters", {})

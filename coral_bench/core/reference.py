@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .target import Target
+from coral_bench.core.target import Target
 
 
 class GreedyReference:

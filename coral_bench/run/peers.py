@@ -31,14 +31,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .clock import Clock
-from .decode import Generation
-from .drafters.early_exit import default_layers
-from .drafters.prompt_lookup import MAX_NGRAM
-from .methods import PeerSpec
-from .records import STOP_EOS, STOP_LENGTH
-from .sampling import SamplingConfig
-from .target import Target
+from coral_bench.core.clock import Clock
+from coral_bench.core.decode import Generation
+from coral_bench.drafters.early_exit import default_layers
+from coral_bench.drafters.prompt_lookup import MAX_NGRAM
+from coral_bench.run.specs import PeerSpec
+from coral_bench.core.records import STOP_EOS, STOP_LENGTH
+from coral_bench.core.sampling import SamplingConfig
+from coral_bench.core.target import Target
 
 HF_VANILLA = "hf-vanilla"
 HF_PROMPT_LOOKUP = "hf-prompt-lookup"

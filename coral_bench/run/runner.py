@@ -16,25 +16,25 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from . import results as rd
-from .chat import render
-from .clock import Clock, is_busy, load_average
-from .decode import Generation, generate
-from .drafters.base import Drafter, DrafterSettings, generator_for
-from .drafters.eagle import EagleInfo
-from .drafters.registry import DRAFTERS, build_drafter
-from .equality import equality, first_divergence
-from .loading import LoadedTarget, load_target
-from .methods import DrafterSpec, MethodError, PeerSpec, check_unique
-from .peers import HF_VANILLA, PEERS, HfPeer, PeerError, PeerFailure, build_peer
-from .provenance import provenance, session_event
-from .reference import GreedyReference
-from .records import SampleRecord
-from .sampling import SamplingConfig
-from .stats import compare, summarize
-from .suites import Question, Suite, limit, load_suite
-from .tree import TreeShape
-from .tree_auto import AutoSettings, TreeChoice, auto_tree
+from coral_bench.rundir import layout as rd
+from coral_bench.run.chat import render
+from coral_bench.core.clock import Clock, is_busy, load_average
+from coral_bench.core.decode import Generation, generate
+from coral_bench.drafters.base import Drafter, DrafterSettings, generator_for
+from coral_bench.drafters.eagle import EagleInfo
+from coral_bench.drafters.registry import DRAFTERS, build_drafter
+from coral_bench.metrics.equality import equality, first_divergence
+from coral_bench.run.targets import LoadedTarget, load_target
+from coral_bench.run.specs import DrafterSpec, MethodError, PeerSpec, check_unique
+from coral_bench.run.peers import HF_VANILLA, PEERS, HfPeer, PeerError, PeerFailure, build_peer
+from coral_bench.run.provenance import provenance, session_event
+from coral_bench.core.reference import GreedyReference
+from coral_bench.core.records import SampleRecord
+from coral_bench.core.sampling import SamplingConfig
+from coral_bench.metrics.stats import compare, summarize
+from coral_bench.run.suites import Question, Suite, limit, load_suite
+from coral_bench.core.tree import TreeShape
+from coral_bench.costmodel.tree_search import AutoSettings, TreeChoice, auto_tree
 
 VANILLA = "vanilla"
 # Below this top-2 logit margin a greedy divergence is a numerical tie, not a bug (METHODS.md §4).
@@ -144,7 +144,7 @@ def _auto_trees(config: RunConfig, loaded: LoadedTarget, clock: Clock, out: Path
     keeps the choices its config.json recorded."""
     if config.tree_auto is None:
         return {}
-    from .profile import is_eagle
+    from coral_bench.costmodel.profile import is_eagle
 
     if resume and (out / rd.CONFIG).exists():
         recorded = (json.loads((out / rd.CONFIG).read_text()).get("tree_auto") or {}).get("drafters", {})

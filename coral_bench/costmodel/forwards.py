@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .clock import Clock
-from .drafters.eagle import EagleDrafter
-from .drafters.eagle import _top_logprobs  # the drafter's own log-softmax + top-k, timed as a region
-from .drafters.eagle_model import DraftKVCache, EagleModel, KVBlock
-from .speedup import Curve, ForwardCosts, Grid
-from .target import Target
-from .tree import DraftTree, TreeShape
+from coral_bench.core.clock import Clock
+from coral_bench.drafters.eagle import EagleDrafter
+from coral_bench.drafters.eagle import _top_logprobs  # the drafter's own log-softmax + top-k, timed as a region
+from coral_bench.drafters.eagle_model import DraftKVCache, EagleModel, KVBlock
+from coral_bench.costmodel.speedup import Curve, ForwardCosts, Grid
+from coral_bench.core.target import Target
+from coral_bench.core.tree import DraftTree, TreeShape
 
 if TYPE_CHECKING:
-    from .profile import ProfileSettings
+    from coral_bench.costmodel.profile import ProfileSettings
 
 
 @dataclass(frozen=True)

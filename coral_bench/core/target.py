@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from .tree import DraftTree
+from coral_bench.core.tree import DraftTree
 
 
 class TargetError(ValueError):

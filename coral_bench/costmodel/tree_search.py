@@ -21,17 +21,17 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .chat import render
-from .clock import Clock, is_busy, load_average
-from .decode import generate
-from .drafters.base import DrafterSettings, generator_for
-from .drafters.registry import build_drafter
-from .loading import LoadedTarget
-from .methods import DrafterSpec
-from .sampling import SamplingConfig
-from .speedup import SampleShape, predict, shape_cycles
-from .suites import limit, load_suite
-from .tree import TreeShape
+from coral_bench.run.chat import render
+from coral_bench.core.clock import Clock, is_busy, load_average
+from coral_bench.core.decode import generate
+from coral_bench.drafters.base import DrafterSettings, generator_for
+from coral_bench.drafters.registry import build_drafter
+from coral_bench.run.targets import LoadedTarget
+from coral_bench.run.specs import DrafterSpec
+from coral_bench.core.sampling import SamplingConfig
+from coral_bench.costmodel.speedup import SampleShape, predict, shape_cycles
+from coral_bench.run.suites import limit, load_suite
+from coral_bench.core.tree import TreeShape
 
 DEV_SUITE = "mtbench-dev"
 
@@ -141,9 +141,9 @@ def _vanilla_shape(i: int, s: DevSample) -> SampleShape:
 def measured_scorer(loaded: LoadedTarget, spec: DrafterSpec, samples: Sequence[DevSample], settings: AutoSettings,
                     candidates: Sequence[TreeShape], clock: Clock, seed: int = 0) -> Callable[[TreeShape], CandidateScore]:
     """A scorer for ``choose``: replayed τ on ``samples`` and cost terms from a quick profile of this machine."""
-    from . import profile as pf
-    from .profile_noop import NoopPlan
-    from .replay import replay_greedy
+    from coral_bench.costmodel import profile as pf
+    from coral_bench.costmodel.noop import NoopPlan
+    from coral_bench.costmodel.replay import replay_greedy
 
     target = loaded.target
     prompts = sorted(len(s.prompt) for s in samples)

@@ -23,7 +23,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from coral_bench.records import STOP_LENGTH, SampleRecord
+from coral_bench.core.records import STOP_LENGTH, SampleRecord
 
 
 # ---------------------------------------------------------------------------------------------

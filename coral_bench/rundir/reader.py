@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .. import results as rd
-from ..records import SampleRecord
-from ..stats import question_taus
+from coral_bench.rundir import layout as rd
+from coral_bench.core.records import SampleRecord
+from coral_bench.metrics.stats import question_taus
 
 SUPPORTED_SCHEMA = rd.SCHEMA_VERSION
 ORACLE = "oracle"

@@ -42,14 +42,14 @@ from pathlib import Path
 
 import torch
 
-from ..chat import render, template_hash
-from ..devices import DTYPES
-from ..loading import LoadedTarget
-from ..target import Target
-from .overlap import OverlapIndex
-from .prompts import DEFAULT_SOURCES, Prompt, load_sources, parse_sources, shuffled
-from .store import MANIFEST, FeatureStore, StoreError, StoreWriter, read_manifest
-from .target_passes import AssemblyError, Generation, conversation_mask, generate_batch, teacher_forced
+from coral_bench.run.chat import render, template_hash
+from coral_bench.run.devices import DTYPES
+from coral_bench.run.targets import LoadedTarget
+from coral_bench.core.target import Target
+from coral_bench.train.overlap import OverlapIndex
+from coral_bench.train.prompts import DEFAULT_SOURCES, Prompt, load_sources, parse_sources, shuffled
+from coral_bench.train.store import MANIFEST, FeatureStore, StoreError, StoreWriter, read_manifest
+from coral_bench.train.target_passes import AssemblyError, Generation, conversation_mask, generate_batch, teacher_forced
 
 KIND = "coral-bench-training-data"
 RESPONSE_MODES = ("generate", "dataset")
@@ -301,7 +301,7 @@ def build_fixed(loaded: LoadedTarget, prompts: Seq[Prompt], config: DataConfig) 
 
 # ---- the store ---------------------------------------------------------------------------------
 def target_identity(loaded: LoadedTarget) -> dict:
-    from ..drafters.checkpoint import embedding_sha256
+    from coral_bench.drafters.checkpoint import embedding_sha256
 
     t = loaded.target
     return {"name": loaded.name, "source": loaded.source, "dtype": loaded.dtype, "device": loaded.device,
@@ -314,7 +314,7 @@ def _provenance(loaded: LoadedTarget, command: str) -> dict:
 
     import transformers
 
-    from ..provenance import coral_bench_version, git_hash
+    from coral_bench.run.provenance import coral_bench_version, git_hash
 
     return {"coral_bench_version": coral_bench_version(), "git_hash": git_hash(), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(), "device": loaded.device,
