@@ -35,9 +35,15 @@ test: $(STAMP)
 	bash tests/install_chromium.sh
 	$(BIN)/python -m pytest -q
 
-## Timing benchmarks (not part of make test).
+## Component timing benchmarks on the embedded target (not part of make test; docs/benchmarks.md). Each run
+## is saved under .benchmarks/ and compared with the latest saved run; COMPARE=NNNN compares with saved
+## run NNNN instead, COMPARE=none with nothing. Run it on an idle machine.
 benchmark: $(STAMP)
-	$(BIN)/python -m pytest -q -m benchmark
+	@if [ -n "$(COMPARE)" ] && [ "$(COMPARE)" != none ]; then compare="--benchmark-compare=$(COMPARE)"; \
+	elif [ -z "$(COMPARE)" ] && ls .benchmarks/*/*.json >/dev/null 2>&1; then compare=--benchmark-compare; \
+	else compare=; fi; \
+	echo "$(BIN)/python -m pytest -q -m benchmark tests/benchmarks --benchmark-autosave $$compare"; \
+	$(BIN)/python -m pytest -q -m benchmark tests/benchmarks --benchmark-autosave $$compare
 
 ## Re-render every committed report from its committed runs (reports/reports.toml; seconds, no model),
 ## then print whether decoder or drafter code changed since those runs were made. The verdict never
