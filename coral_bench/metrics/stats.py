@@ -1,7 +1,7 @@
 """Aggregation of sample records: τ, reach_d, speedups with bootstrap CIs (greedy equality: ``equality.py``).
 
 Pure Python/numpy (reports and the speedup model read it without torch). Every quantity follows
-the definitions of METHODS.md §1; the names used here are the names used there:
+the definitions of docs/methods.md §1; the names used here are the names used there:
 
 - tokens emitted by cycles = ``new_tokens − 1`` per sample (the prefill token is a new token but
   belongs to no cycle);
@@ -18,12 +18,13 @@ None (never NaN: an undefined quantity is None).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from coral_bench.core.records import STOP_LENGTH, SampleRecord
+from coral_bench.metrics.sample_metrics import sample_metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -36,7 +37,7 @@ def _ratio(num: float, den: float | None) -> float | None:
 
 
 def _emitted_by_cycles(s: SampleRecord) -> int:
-    """Tokens emitted by the sample's cycles (METHODS.md §1): all new tokens but the prefill one.
+    """Tokens emitted by the sample's cycles (docs/methods.md §1): all new tokens but the prefill one.
 
     A sample without cycles (EOS straight after prefill, or a peer that records no cycles) adds
     nothing, so it can neither inflate nor deflate τ.
@@ -92,7 +93,7 @@ def _check_samples(samples: Sequence[SampleRecord], what: str) -> None:
 def repetition(ids: Sequence[int], n: int = 4) -> float:
     """1 − distinct n-grams / n-grams of ``ids``; 0.0 for outputs with fewer than n tokens.
 
-    A cheap loop detector (METHODS.md §8: small models loop, so report it beside τ): 0 for text
+    A cheap loop detector (docs/methods.md §8: small models loop, so report it beside τ): 0 for text
     that never repeats an n-gram, close to 1 for a degenerate loop. Short outputs count as 0
     (they cannot loop) rather than being left out, so the mean stays over all samples.
     """
@@ -170,10 +171,10 @@ def _group(samples: Sequence[SampleRecord]) -> GroupSummary:
 
 
 def question_taus(samples: Sequence[SampleRecord]) -> dict[str, float]:
-    """Each question's pooled τ, all its turns pooled (METHODS.md §1, HASS convention).
+    """Each question's pooled τ, all its turns pooled (docs/methods.md §1, HASS convention).
 
     Questions without any cycle have no τ and are left out. This is the input of
-    :func:`paired_difference` when comparing two drafters (DESIGN.md §7: τ first, paired).
+    :func:`paired_difference` when comparing two drafters (docs/design.md §7: τ first, paired).
     """
     emitted: dict[str, int] = defaultdict(int)
     cycles: dict[str, int] = defaultdict(int)
@@ -185,7 +186,7 @@ def question_taus(samples: Sequence[SampleRecord]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class MethodSummary:
-    """Aggregates of one method over a run (METHODS.md §1; DESIGN.md §5 results fields).
+    """Aggregates of one method over a run (docs/methods.md §1; docs/design.md §5 results fields).
 
     ``reach_by_depth[d − 1]`` is reach_d for d = 1 … max accepted; ``reach_conditional[d − 1]`` is
     reach_d / reach_{d−1} with reach_0 = 1; ``accept_histogram[a]`` counts cycles that accepted
@@ -210,7 +211,7 @@ class MethodSummary:
     tau_pooled: float | None
     tau_per_question: float | None
     tau_uncut: float | None  # (emitted + cut) / cycles: τ before the cut at EOS / max_new_tokens
-    tau_expected: float | None  # 1 + mean closed-form E[accepted] per cycle (T > 0 runs; METHODS.md §4)
+    tau_expected: float | None  # 1 + mean closed-form E[accepted] per cycle (T > 0 runs; docs/methods.md §4)
     reach_by_depth: tuple[float, ...]  # [max accepted]
     reach_conditional: tuple[float, ...]  # [max accepted]
     accept_histogram: tuple[int, ...]  # [max accepted + 1]
@@ -218,6 +219,7 @@ class MethodSummary:
     repetition_rate: float
     by_category: dict[str, GroupSummary]
     by_turn: dict[int, GroupSummary]
+    sample_metrics: Mapping[str, float | None] = field(default_factory=dict)  # metrics/sample_metrics.py
 
     def to_json(self) -> dict:
         """Plain JSON values; turn keys become strings (JSON object keys are strings)."""
@@ -246,6 +248,7 @@ class MethodSummary:
             "repetition_rate": self.repetition_rate,
             "by_category": {k: v.to_json() for k, v in sorted(self.by_category.items())},
             "by_turn": {str(k): v.to_json() for k, v in sorted(self.by_turn.items())},
+            "sample_metrics": dict(self.sample_metrics),
         }
 
 
@@ -260,7 +263,7 @@ def _tau_expected(samples: Sequence[SampleRecord]) -> float | None:
 def summarize(samples: Sequence[SampleRecord], max_new_tokens: int) -> MethodSummary:
     """Aggregate one method's samples (one per question and turn) into a :class:`MethodSummary`.
 
-    Definitions: METHODS.md §1. ``max_new_tokens`` is the run's limit: it is recorded and checked
+    Definitions: docs/methods.md §1. ``max_new_tokens`` is the run's limit: it is recorded and checked
     against the records (no sample may exceed it; one stopped by the limit must have reached it).
     """
     _check_samples(samples, "summarize")
@@ -319,6 +322,7 @@ def summarize(samples: Sequence[SampleRecord], max_new_tokens: int) -> MethodSum
         repetition_rate=float(np.mean([repetition(s.output_ids) for s in samples])),
         by_category={k: _group(v) for k, v in by_category.items()},
         by_turn={k: _group(v) for k, v in by_turn.items()},
+        sample_metrics=sample_metrics(samples),
     )
 
 
@@ -340,7 +344,7 @@ def paired_samples(
 
 @dataclass(frozen=True)
 class Speedup:
-    """Speculative vs vanilla on the same prompts (METHODS.md §1 SR conventions).
+    """Speculative vs vanilla on the same prompts (docs/methods.md §1 SR conventions).
 
     Only (question_id, turn) pairs present on both sides count: ``pairs`` of them over
     ``questions`` questions; ``unpaired_spec`` / ``unpaired_vanilla`` samples were left out.
@@ -382,7 +386,7 @@ class Speedup:
 def compare(
     spec: Sequence[SampleRecord], vanilla: Sequence[SampleRecord], seed: int = 0, resamples: int = 2000
 ) -> Speedup:
-    """Speedups of ``spec`` over ``vanilla`` (METHODS.md §1), paired by (question_id, turn).
+    """Speedups of ``spec`` over ``vanilla`` (docs/methods.md §1), paired by (question_id, turn).
 
     The CI resamples question ids with replacement, spec and vanilla together (a question's
     turns stay together, since turn 2 depends on turn 1), recomputing the headline ``speedup``
@@ -454,7 +458,7 @@ def paired_difference(
     """Mean of a[q] − b[q] over questions in both, with a 95% paired-bootstrap percentile CI.
 
     For comparing two drafters question by question (e.g. :func:`question_taus` of two training
-    objectives; DESIGN.md §7). Questions present on one side only are ignored; none in common is an
+    objectives; docs/design.md §7). Questions present on one side only are ignored; none in common is an
     error. Returns (mean_diff, ci95_low, ci95_high); the bounds are None when ``resamples`` is 0.
     """
     common = sorted(a.keys() & b.keys())

@@ -52,6 +52,7 @@ def build_report(runs: Sequence[Run]) -> Report:
         overview.runs_section(runs),
         measured.headline(runs, colours),
         measured.details(runs),
+        measured.sample_metrics(runs),
         measured.categories(runs),
         measured.turns(runs),
         measured.acceptance(runs, colours),

@@ -1,7 +1,7 @@
 """Report sections about what the runs measured: headline, details, breakdowns, acceptance, time split.
 
 One pure function per section: loaded runs (and the palette) in, a :class:`Section` out.
-Definitions follow METHODS.md §1 and are restated in each section's note.
+Definitions follow docs/methods.md §1 and are restated in each section's note.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
+from coral_bench.metrics.sample_metrics import SAMPLE_METRICS
 from coral_bench.metrics.stats import paired_difference
 from . import figures as fg
 from .blocks import DASH, Figure, Heading, Section, Table, Text, ms, num, pct, times
@@ -118,6 +119,29 @@ def details(runs: Sequence[Run]) -> Section:
                 "ratio of per-question mean tokens/s. hit max_new_tokens: fraction of samples stopped by the "
                 "limit; repetition: mean share of repeated 4-grams in the output (small models loop).", "note")
     return Section("details", "Details per method", (Table(columns, tuple(rows)), note))
+
+
+def sample_metrics(runs: Sequence[Run]) -> Section | None:
+    """Every registered per-sample metric (metrics/sample_metrics.py) the runs recorded; None for runs made
+    before the metrics were recorded."""
+    names = [n for n in SAMPLE_METRICS if any(n in m.sample_metrics for run in runs for m in run.methods)]
+    if not names:
+        return None
+    multi = len(runs) > 1
+    rows = []
+    for run in runs:
+        for m in run.methods:
+            cells = tuple(_metric_cell(m.sample_metrics.get(n), SAMPLE_METRICS[n].unit) for n in names)
+            rows.append(((run.label,) if multi else ()) + (m.label,) + cells)
+    columns = (("run",) if multi else ()) + ("method",) + tuple(names)
+    note = Text("; ".join(f"{n}: {SAMPLE_METRICS[n].description}" for n in names) + ".", "note")
+    return Section("sample-metrics", "Per-sample metrics", (Table(columns, tuple(rows)), note))
+
+
+def _metric_cell(value: float | None, unit: str) -> str:
+    if unit == "fraction":
+        return pct(value)
+    return num(value, 3 if unit == "s" else 1)
 
 
 def _ordered(names: set[str]) -> list[str]:

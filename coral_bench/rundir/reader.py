@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -95,6 +95,7 @@ class MethodResult:
     parameters: int | None
     weights_sha256: str | None = None  # trained drafters: the weights file the run loaded
     training: DrafterTraining | None = None  # trained drafters: how (results from before: None)
+    sample_metrics: Mapping[str, float | None] = field(default_factory=dict)  # metrics/sample_metrics.py
 
     @property
     def is_oracle(self) -> bool:
@@ -313,6 +314,7 @@ def _method_fields(rec: dict, label: str, kind: str, drafter: str | None) -> Met
         parameters=_opt_int(rec.get("parameters")),
         weights_sha256=_weights_hash(rec.get("weights")),
         training=_training(rec.get("weights")),
+        sample_metrics={str(k): _opt_float(v) for k, v in (rec.get("sample_metrics") or {}).items()},
     )
 
 
