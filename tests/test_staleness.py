@@ -205,3 +205,23 @@ def test_same_code_ignores_imports_docstrings_and_comments_only():
     assert not same(b"x = 1\n", b"x = 2\n", "m.py")
     assert not same(b'def f():\n    return "A."\n', b'def f():\n    return "B."\n', "m.py")
     assert not same(b"x = 1\n", b"x = 1 \n", "weights.bin")
+
+
+def test_a_vanilla_only_run_is_not_made_stale_by_drafter_code(tmp_path, repo):
+    run = _run(tmp_path / "run", _git(repo, "rev-parse", "HEAD"))
+    data = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**data, "drafters": {}}))
+    _commit(repo, {"coral_bench/drafters/eagle.py": "v2\n"}, "drafter change")
+    assert _one(run, repo).state == st.CURRENT
+    _commit(repo, {"coral_bench/drafters/vanilla.py": "v2\n"}, "vanilla drafter change")
+    assert _one(run, repo).state == st.STALE
+
+
+def test_a_replay_made_before_a_drafter_change_makes_the_run_stale(tmp_path, repo):
+    old = _git(repo, "rev-parse", "HEAD")
+    _commit(repo, {"coral_bench/drafters/eagle.py": "v2\n"}, "drafter change")
+    run = _run(tmp_path / "run", _git(repo, "rev-parse", "HEAD"))
+    assert _one(run, repo).state == st.CURRENT
+    (run / "replays.json").write_text(json.dumps({"eagle@tree=chain:3": {"provenance": {"git_hash": old}}}))
+    verdict = _one(run, repo)
+    assert verdict.state == st.STALE and "coral_bench/drafters/eagle.py" in verdict.line, verdict.line

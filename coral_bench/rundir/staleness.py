@@ -30,6 +30,11 @@ from coral_bench.rundir import layout as rd
 # Decoder and drafter code, relative to the checkout root (a folder ends with "/"); assets/ holds
 # shipped drafter weights once there are any. A pathspec that matches nothing is fine for git.
 WATCHED = ("coral_bench/core/", "coral_bench/drafters/", "coral_bench/assets/")
+# Resolution, not measurement: the registry maps names to factories, kinds and default trees, and
+# options.py parses drafter options; every run records what they resolved to (each method's drafter
+# name, checkpoint argument and tree), so an edit there does not change what a recorded run measured.
+VANILLA_CODE = ("coral_bench/drafters/vanilla.py",)  # the one drafter a vanilla-only run runs
+UNWATCHED = ("coral_bench/drafters/registry.py", "coral_bench/drafters/options.py")
 DIRTY = "-dirty"
 CURRENT, STALE, UNKNOWN = "current", "stale", "unknown"
 _WORST = (CURRENT, UNKNOWN, STALE)  # a run's verdict is the worst over its sessions' hashes
@@ -55,8 +60,7 @@ class Verdict:
         return f"{self.state}: {self.run.name}: {self.reason}"
 
 
-def recorded_hashes(run: Path) -> tuple[str | None, ...]:
-    """The git hashes a run was made with: the provenance's, then each session's, once each."""
+def _results(run: Path) -> dict:
     file = Path(run) / rd.RESULTS
     if not Path(run).exists():
         raise StaleCheckError(f"{run} does not exist")
@@ -71,6 +75,12 @@ def recorded_hashes(run: Path) -> tuple[str | None, ...]:
     provenance = data.get("provenance") if isinstance(data, dict) else None
     if not isinstance(provenance, dict):
         raise StaleCheckError(f"{file} has no provenance section: not a coral-bench results file")
+    return data
+
+
+def recorded_hashes(run: Path) -> tuple[str | None, ...]:
+    """The git hashes a run was made with: the provenance's, then each session's, once each."""
+    provenance = _results(run)["provenance"]
     sessions = provenance.get("sessions")
     found = [provenance.get("git_hash")]
     found += [s.get("git_hash") for s in sessions if isinstance(s, dict)] if isinstance(sessions, list) else []
@@ -79,14 +89,41 @@ def recorded_hashes(run: Path) -> tuple[str | None, ...]:
 
 
 def check_runs(runs: Sequence[Path], repo: Path, watched: Sequence[str] = WATCHED) -> tuple[Verdict, ...]:
-    """One verdict per run directory, against the git checkout that holds ``repo``."""
-    hashes = [(Path(run), recorded_hashes(run)) for run in runs]  # bad input fails before any git call
+    """One verdict per run directory, against the git checkout that holds ``repo``: the worst over the
+    hashes its timed samples were made with and those of the replays stored beside them."""
+    checks = [(Path(run), _checks(Path(run), tuple(watched))) for run in runs]  # bad input fails before git
     problem = _checkout_problem(repo)
     if problem is not None:
-        return tuple(Verdict(run, UNKNOWN, problem) for run, _ in hashes)
+        return tuple(Verdict(run, UNKNOWN, problem) for run, _ in checks)
     root = Path(_git_lines(repo, "rev-parse", "--show-toplevel")[0])
-    return tuple(max((_check_hash(run, h, root, tuple(watched)) for h in run_hashes),
-                     key=lambda v: _WORST.index(v.state)) for run, run_hashes in hashes)
+    return tuple(max((_check_hash(run, h, root, w) for h, w in run_checks),
+                     key=lambda v: _WORST.index(v.state)) for run, run_checks in checks)
+
+
+def _checks(run: Path, watched: tuple[str, ...]) -> list[tuple[str | None, tuple[str, ...]]]:
+    """(hash, files that matter) pairs. A run that timed no drafter (``drafters`` recorded empty: vanilla
+    only, for replays) measured no drafter code but vanilla's, so only the loop and ``drafters/vanilla.py``
+    matter to it; each stored replay ran its drafter at its own recorded hash, with every watched file."""
+    drafters = _results(run).get("drafters")
+    timed = watched if drafters != {} else tuple(
+        w for w in watched if not w.startswith(("coral_bench/drafters/", "coral_bench/assets/"))) + VANILLA_CODE
+    pairs = [(h, timed) for h in recorded_hashes(run)]
+    pairs += [(h, watched) for h in replay_hashes(run)]
+    return pairs
+
+
+def replay_hashes(run: Path) -> tuple[str, ...]:
+    """The git hashes recorded by the replays in the run's ``replays.json`` (none when it has no replays)."""
+    file = Path(run) / rd.REPLAYS
+    if not file.exists():
+        return ()
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StaleCheckError(f"{file} cannot be read as JSON ({exc})") from None
+    entries = data.values() if isinstance(data, dict) else ()
+    found = [(e.get("provenance") or {}).get("git_hash") for e in entries if isinstance(e, dict)]
+    return tuple(dict.fromkeys(h.strip() for h in found if isinstance(h, str) and h.strip()))
 
 
 def _check_hash(run: Path, recorded: str | None, root: Path, watched: tuple[str, ...]) -> Verdict:
@@ -127,6 +164,8 @@ def changed_files(root: Path, base: str, watched: Sequence[str]) -> list[str]:
     changed = []
     for status, *paths in entries:
         old, new = paths[0], paths[-1]
+        if status == "A" and same_code(b"", (root / new).read_bytes(), new):
+            continue  # a new file with no code (an empty __init__.py, imports and docstrings only)
         if status == "A":
             twin = next((d for d, blob in deleted.items() if d not in moved_from
                          and same_code(blob, (root / new).read_bytes(), new)), None)
@@ -176,7 +215,7 @@ def _is_docstring(node: ast.AST) -> bool:
 
 
 def _watched(path: str, watched: Sequence[str]) -> bool:
-    return any(path.startswith(w) if w.endswith("/") else path == w for w in watched)
+    return path not in UNWATCHED and any(path.startswith(w) if w.endswith("/") else path == w for w in watched)
 
 
 def _git_blob(root: Path, commit: str, path: str) -> bytes:
