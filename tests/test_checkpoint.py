@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from coral_bench.drafters.base import DrafterError, DrafterSettings
+from coral_bench.core.drafter import DrafterError, DrafterSettings
 from coral_bench.drafters.checkpoint import (
     CheckpointError, embedding_sha256, load_checkpoint, read_raw, save_checkpoint,
 )

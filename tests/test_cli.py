@@ -1,7 +1,6 @@
 """The CLI in-process (click's CliRunner): a tiny run writes a run directory; bad input fails cleanly."""
 
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -115,11 +114,10 @@ def test_git_hash_env_overrides_the_checkout(monkeypatch):
 
 
 def test_recorded_paths_name_no_machine_prefix(tmp_path, monkeypatch):
-    from coral_bench.run import provenance
+    from coral_bench import paths
 
-    from coral_bench import CHECKOUT_ROOT as root
-    assert provenance.portable_path(root / "coral_bench" / "assets" / "x") == "coral_bench/assets/x"
+    assert paths.portable_path(paths.CHECKOUT_ROOT / "coral_bench" / "assets" / "x") == "coral_bench/assets/x"
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert provenance.portable_path(tmp_path / ".cache" / "d") == "~/.cache/d"
-    assert provenance.portable_path("~/d") == "~/d"
-    assert provenance.portable_path("/elsewhere/d") == "/elsewhere/d"
+    assert paths.portable_path(tmp_path / ".cache" / "d") == "~/.cache/d"
+    assert paths.portable_path("~/d") == "~/d"
+    assert paths.portable_path("/elsewhere/d") == "/elsewhere/d"

@@ -5,7 +5,7 @@ import torch
 
 from coral_bench.run.chat import render
 from coral_bench.core.decode import generate
-from coral_bench.drafters.base import DrafterSettings, generator_for
+from coral_bench.core.drafter import DrafterSettings, generator_for
 from coral_bench.drafters.registry import DRAFTERS, build_drafter
 from coral_bench.core.records import STOP_EOS, STOP_LENGTH
 from coral_bench.core.reference import GreedyReference

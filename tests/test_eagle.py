@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from coral_bench.drafters.base import DraftContext, DrafterError, DrafterSettings
+from coral_bench.core.drafter import DraftContext, DrafterError, DrafterSettings
 from coral_bench.drafters.eagle import Candidates, EagleDrafter, build_eagle, rerank
 from coral_bench.drafters.eagle_model import EagleConfig, EagleConfigError, EagleModel, rope_inv_freq
 from coral_bench.core.target import Target
@@ -169,7 +169,7 @@ def assert_same_tree(tree: DraftTree, ref: DraftTree) -> None:
 @pytest.mark.parametrize("tree", ["top_k=3,depth=3,total_tokens=10", "top_k=3,depth=3,total_tokens=40", "chain:3"])
 def test_incremental_cache_equals_full_recompute(target64, tree):
     """Prefill + cycles with branching accepted paths: the drafter cache, its last output and every
-    proposed tree equal a from-scratch recompute fed with fresh target features (METHODS.md §2)."""
+    proposed tree equal a from-scratch recompute fed with fresh target features (docs/methods.md §2)."""
     drafter = build_eagle(target64, settings(tree))
     shape = drafter.settings.tree
     rng = random.Random(0)

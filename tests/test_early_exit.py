@@ -6,7 +6,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM, LlamaMod
 
 from coral_bench.run.chat import render
 from coral_bench.core.decode import generate
-from coral_bench.drafters.base import DrafterError, DrafterSettings, generator_for
+from coral_bench.core.drafter import DrafterError, DrafterSettings, generator_for
 from coral_bench.drafters.early_exit import default_layers
 from coral_bench.drafters.registry import DRAFTERS, build_drafter
 from coral_bench.core.sampling import SamplingConfig

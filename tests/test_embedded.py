@@ -12,7 +12,7 @@ from coral_bench.run import targets as loading
 from coral_bench.run.chat import render
 from coral_bench.core.clock import Clock
 from coral_bench.core.decode import generate
-from coral_bench.drafters.base import DrafterSettings, generator_for
+from coral_bench.core.drafter import DrafterSettings, generator_for
 from coral_bench.drafters.registry import build_drafter
 from coral_bench.drafters.shipped import shipped_checkpoint, shipped_names, with_shipped_checkpoint
 from coral_bench.core.sampling import SamplingConfig

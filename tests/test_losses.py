@@ -1,4 +1,4 @@
-"""Training losses (METHODS.md §5): optima, hand-computed cases, CSRA as cross_entropy(sim/τ, arange),
+"""Training losses (docs/methods.md §5): optima, hand-computed cases, CSRA as cross_entropy(sim/τ, arange),
 stop-gradient, global normalisation."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from coral_bench.run.runner import RunConfig, run_suite
 from coral_bench.run.chat import render
 from coral_bench.cli import main
 from coral_bench.core.decode import generate
-from coral_bench.drafters.base import DrafterSettings, generator_for
+from coral_bench.core.drafter import DrafterSettings, generator_for
 from coral_bench.drafters.registry import build_drafter
 from coral_bench.run.specs import DrafterSpec, PeerSpec
 from coral_bench.run.peers import PEERS, HfPeer, PeerError, build_peer

@@ -12,7 +12,7 @@ from coral_bench.costmodel import forwards as fw
 from coral_bench.costmodel import noop
 from coral_bench.cli import main
 from coral_bench.core.decode import generate
-from coral_bench.drafters.base import DrafterSettings, generator_for
+from coral_bench.core.drafter import DrafterSettings, generator_for
 from coral_bench.drafters.eagle_model import EagleModel, rope_inv_freq
 from coral_bench.run.specs import DrafterSpec
 from coral_bench.core.records import SampleRecord
@@ -179,7 +179,7 @@ def test_noop_loop_costs_and_the_cost_model_on_a_fake_clock():
 @pytest.mark.parametrize("name,body,head", [("llama2-7b", 236, 131), ("llama3-8b", 252, 525),
                                             ("qwen2.5-7b", 259, 545)])
 def test_shipped_shapes_reproduce_coral_figure_2_parameter_counts(name, body, head):
-    """CORAL Figure 2 (METHODS.md §6): drafter fc + layer vs LM head, in millions."""
+    """CORAL Figure 2 (docs/methods.md §6): drafter fc + layer vs LM head, in millions."""
     cfg = SHAPES[name].drafter_config()
     with torch.device("meta"):
         params = EagleModel(cfg).parameter_count()

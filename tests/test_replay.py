@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from coral_bench.run.chat import render
 from coral_bench.cli import main
 from coral_bench.core.decode import generate
-from coral_bench.drafters.base import DrafterSettings, generator_for
+from coral_bench.core.drafter import DrafterSettings, generator_for
 from coral_bench.drafters.eagle import EagleDrafter, EagleInfo
 from coral_bench.drafters.eagle_model import EagleConfig, EagleModel
 from coral_bench.drafters.registry import build_drafter
@@ -129,7 +129,7 @@ def test_replay_at_a_vanishing_temperature_is_the_greedy_count(mimic, tokenizer,
 
 
 def test_closed_form_expected_accepted_matches_monte_carlo():
-    """E[accepted] (verify.expected_accepted) against the rejection sampler it describes (METHODS.md §4)."""
+    """E[accepted] (verify.expected_accepted) against the rejection sampler it describes (docs/methods.md §4)."""
     gen = torch.Generator().manual_seed(0)
     tree = DraftTree(tokens=(0, 1, 2, 3, 1, 2, 4), parents=(-1, 0, 0, 0, 1, 1, 4))
     logits = torch.randn(tree.size, 6, generator=gen, dtype=torch.float64) * 1.5

@@ -1,4 +1,4 @@
-"""CORAL's LM-head router and the FR-Spec subset (METHODS.md §6): groupings are partitions, routed logits
+"""CORAL's LM-head router and the FR-Spec subset (docs/methods.md §6): groupings are partitions, routed logits
 are the full head's on the selected tokens, k = N reproduces the unrouted drafter, decoding stays lossless,
 checkpoints round-trip and mismatches are refused, train-router runs end to end."""
 
@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from coral_bench.run.chat import render
 from coral_bench.core.decode import generate
-from coral_bench.drafters.base import DraftContext, DrafterError, DrafterSettings, generator_for
+from coral_bench.core.drafter import DraftContext, DrafterError, DrafterSettings, generator_for
 from coral_bench.drafters.checkpoint import CheckpointError, embedding_sha256, load_checkpoint, save_checkpoint
 from coral_bench.drafters.eagle import EagleDrafter, build_eagle, build_routed
 from coral_bench.drafters.eagle_model import EagleModel

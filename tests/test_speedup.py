@@ -1,4 +1,4 @@
-"""The cost model of METHODS.md §7: interpolation, hand-computed arithmetic, run records in, results out."""
+"""The cost model of docs/methods.md §7: interpolation, hand-computed arithmetic, run records in, results out."""
 
 import subprocess
 import sys
@@ -12,7 +12,7 @@ from coral_bench.costmodel.speedup import (Curve, DrafterCosts, ForwardCosts, Gr
 
 
 def test_speedup_imports_no_torch():
-    """DESIGN.md §4: the speedup model is pure maths (stats, speedup and report never import torch models)."""
+    """docs/design.md §4: the speedup model is pure maths (stats, speedup and report never import torch models)."""
     code = "import sys, coral_bench.costmodel.speedup; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

@@ -1,4 +1,4 @@
-"""Aggregation against hand-computed answers (METHODS.md §1 definitions, §4 tie rule)."""
+"""Aggregation against hand-computed answers (docs/methods.md §1 definitions, §4 tie rule)."""
 
 import json
 import subprocess

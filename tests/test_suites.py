@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from coral_bench import PACKAGE_DIR
+from coral_bench.paths import PACKAGE_DIR
 from coral_bench.run.suites import (
     HUMANEVAL_INSTRUCTION,
     SUITES_ENV,

@@ -59,7 +59,7 @@ def _tree_case(model64):
 
 def test_canary_one_zero_float_mask_gives_wrong_logits(model64):
     """If transformers ever treated a 1/0 float mask as a boolean one, our additive mask would be the
-    only correct choice left unproven: this guards the 4-D mask passthrough (DESIGN.md §3)."""
+    only correct choice left unproven: this guards the 4-D mask passthrough (docs/design.md §3)."""
     target, tree, refs, prefix = _tree_case(model64)
     good = target._tree_mask(tree, prefix)
     one_zero = (good == 0).to(good.dtype)  # 1 = allowed, 0 = masked: wrong for an additive mask

@@ -1,4 +1,4 @@
-"""Multi-step training (METHODS.md §5): the masked training forward equals the inference drafter fed its
+"""Multi-step training (docs/methods.md §5): the masked training forward equals the inference drafter fed its
 own features, padding gets zero gradient, resume is exact, 2-process DDP equals 1 process, output."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from coral_bench.drafters.base import DraftContext, DrafterSettings
+from coral_bench.core.drafter import DraftContext, DrafterSettings
 from coral_bench.drafters.checkpoint import embedding_sha256, load_checkpoint
 from coral_bench.drafters.eagle import EagleDrafter, EagleInfo, training_summary
 from coral_bench.drafters.eagle_model import EagleModel

@@ -1,4 +1,4 @@
-"""Verification (METHODS.md §4): greedy on hand trees; rejection sampling against the exact target
+"""Verification (docs/methods.md §4): greedy on hand trees; rejection sampling against the exact target
 distribution on synthetic trees; a mutated verifier must fail the same check; the warpers against
 transformers' own."""
 

@@ -1,4 +1,4 @@
-"""Profiling, the speedup model and replay (METHODS.md §7): ``profile``, ``estimate-speedup``, ``replay``."""
+"""Profiling, the speedup model and replay (docs/methods.md §7): ``profile``, ``estimate-speedup``, ``replay``."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def _print_shape_report(body: dict) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Without --run: write profile.json here.")
 def profile_command(target, drafters, run_dir, shapes, random_weights, with_target, tree, nodes, contexts, prompts,
                     repeats, noop_cycles, dtype, device, threads, out):
-    """Latency per layer and region, T_V(n, ctx), prefill and per-cycle loop costs (METHODS.md §7)."""
+    """Latency per layer and region, T_V(n, ctx), prefill and per-cycle loop costs (docs/methods.md §7)."""
     import json
 
     from coral_bench.costmodel import profile as pf
@@ -235,7 +235,7 @@ def _print_estimate(e) -> None:
                    "(e.g. drafter=k1=coral-router:CKPT@router_k=1); τ from replay (repeatable).")
 @click.option("--drafter", "labels", multiple=True, help="Only these drafter labels (default: all).")
 def estimate_speedup(run_dir, what_ifs, labels):
-    """Predicted vs measured speedup per drafter, explained stage by stage (METHODS.md §7)."""
+    """Predicted vs measured speedup per drafter, explained stage by stage (docs/methods.md §7)."""
     from coral_bench.costmodel.replay import estimate_run
 
     _quiet_transformers()
@@ -261,10 +261,10 @@ def estimate_speedup(run_dir, what_ifs, labels):
               help="torch threads. Default: the run's (replay times nothing, so it may share the machine).")
 def replay_command(run_dir, drafter, tree, threads):
     """Exact τ at T = 0 (E[accepted] at T > 0) of a drafter and tree against the run's vanilla output."""
-    import json
 
     from coral_bench.run.specs import DrafterSpec
     from coral_bench.costmodel.replay import replay_run, save_replay
+    from coral_bench.rundir.recorded import drafter_results
 
     _quiet_transformers()
     if tree == "auto":
@@ -280,7 +280,7 @@ def replay_command(run_dir, drafter, tree, threads):
         result = replay_run(run_dir, spec.label, spec.name, spec.checkpoint, tree or spec.tree,
                             progress=progress, threads=threads, command=shlex.join(["coral-bench", *sys.argv[1:]]))
     path = save_replay(run_dir, result)
-    measured = json.loads((run_dir / "results.json").read_text()).get("drafters", {}).get(spec.label, {})
+    measured = drafter_results(run_dir).get(spec.label, {})
     same = measured.get("tree") == result.tree.describe()
     out.print(f"{spec.label} · {result.tree.describe()} · T={result.temperature:g}: τ pooled {_fmt(result.tau_pooled)}"
               + (f", τ expected {_fmt(result.tau_expected)}" if result.tau_expected is not None else "")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from coral_bench import CHECKOUT_ROOT
 import sys
 from pathlib import Path
 
 import click
 
 from coral_bench.cli.common import _fail
+from coral_bench.paths import CHECKOUT_ROOT
 
 
 @click.command()

@@ -51,7 +51,7 @@ def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature
     if max_new_tokens is not None and max_new_tokens < 1:
         raise click.BadParameter("must be >= 1", param_hint="--max-new-tokens")
     auto = None
-    if tree == "auto":  # EAGLE-style drafters: the tree the cost model predicts fastest here (tree_auto)
+    if tree == "auto":  # EAGLE-style drafters: the tree the cost model predicts fastest here, chosen before the run
         from coral_bench.costmodel.tree_search import AutoSettings
 
         tree, auto = None, AutoSettings()
@@ -60,7 +60,8 @@ def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature
     config = RunConfig(suite=suite, target=target, drafters=tuple(DrafterSpec.parse(d) for d in drafters),
                        peers=tuple(peers), tree=tree, limit=limit, max_new_tokens=max_new_tokens,
                        sampling=SamplingConfig(temperature=temperature, top_p=top_p, top_k=sample_top_k, seed=seed),
-                       dtype=dtype, device=device, threads=threads, require_idle=require_idle, tree_auto=auto)
+                       dtype=dtype, device=device, threads=threads, require_idle=require_idle,
+                       tree_auto=auto.to_json() if auto else None)
     load_suite(suite)  # fail fast on a bad suite, before loading a model
     if out is None:
         stem = Path(suite).stem if suite.endswith(".jsonl") else suite
@@ -74,7 +75,12 @@ def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature
         def progress(done: int, total: int, method: str) -> None:
             bar.update(task, completed=done, total=total, description=f"{Path(out).name} [{method}]")
 
-        results = run_suite(config, out, resume=resume, command=command, progress=progress)
+        choose = None
+        if auto is not None:
+            from coral_bench.costmodel.tree_search import tree_chooser
+
+            choose = tree_chooser(config.drafters, auto, config.sampling.seed)
+        results = run_suite(config, out, resume=resume, command=command, progress=progress, choose_trees=choose)
     _print_summary(results)
     out_path = out / "results.json"
     out.mkdir(exist_ok=True)

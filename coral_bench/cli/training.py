@@ -1,4 +1,4 @@
-"""Drafter training: ``gen-data``, ``train`` and CORAL's router stage ``train-router`` (METHODS.md §6)."""
+"""Drafter training: ``gen-data``, ``train`` and CORAL's router stage ``train-router`` (docs/methods.md §6)."""
 
 from __future__ import annotations
 
@@ -204,7 +204,7 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
             err.print(f"held-out top-1 agreement by depth: {acc}")
 
 
-# ---- CORAL's LM-head router, stage 2 (METHODS.md §6) ---------------------------------------
+# ---- CORAL's LM-head router, stage 2 (docs/methods.md §6) ---------------------------------------
 
 
 @click.command("train-router")
@@ -237,7 +237,7 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
 @click.option("--threads", type=int, help="torch threads (recorded). Default: torch's.")
 def train_router_command(drafter, data, router_groups, router_k, partition, out_dir, label, epochs, lr, steps,
                          batch_tokens, eval_fraction, recall_top_k, score, target, seed, dtype, max_sequences, threads):
-    """Train CORAL's LM-head router on a frozen stage-1 drafter (two-stage protocol, METHODS.md §6)."""
+    """Train CORAL's LM-head router on a frozen stage-1 drafter (two-stage protocol, docs/methods.md §6)."""
     import torch
 
     from coral_bench.run.targets import load_target

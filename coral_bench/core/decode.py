@@ -1,7 +1,7 @@
 """The one speculative decoding loop: draft → score → verify → commit, for every drafter.
 
 Vanilla decoding is the same loop with one-node trees, which the Target runs through its plain
-causal path. Stopping (METHODS.md §1): the emitted chunk is cut after the first EOS (kept) or at
+causal path. Stopping (docs/methods.md §1): the emitted chunk is cut after the first EOS (kept) or at
 exactly ``max_new_tokens``; both sides count the same emitted tokens.
 """
 
@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from coral_bench.core.clock import Clock
-from coral_bench.drafters.base import DraftContext, Drafter
+from coral_bench.core.drafter import DraftContext, Drafter
 from coral_bench.core.records import STOP_EOS, STOP_LENGTH, CycleRecord
 from coral_bench.core.sampling import SamplingConfig, sample, warp
 from coral_bench.core.target import Target, TargetError
@@ -50,7 +50,7 @@ def generate(
 ) -> Generation:
     """Generate one turn. ``reserve`` is the most tree nodes a cycle may add (context check).
 
-    At T > 0 each cycle also records the closed-form E[accepted] of its tree (METHODS.md §4). That and
+    At T > 0 each cycle also records the closed-form E[accepted] of its tree (docs/methods.md §4). That and
     ``reference`` (the oracle drafters' untimed greedy continuation) are excluded from every timing.
     """
     if max_new_tokens < 1:

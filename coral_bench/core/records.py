@@ -7,7 +7,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 
 @dataclass(frozen=True)
 class CycleRecord:
-    """One draft → score → verify → commit round (METHODS.md §1)."""
+    """One draft → score → verify → commit round (docs/methods.md §1)."""
 
     nodes: int  # tree size including the root
     depth: int  # deepest tree level
@@ -18,7 +18,7 @@ class CycleRecord:
     score_s: float  # target forward over the tree
     verify_s: float
     commit_s: float  # target + drafter commit
-    expected_accepted: float | None = None  # closed-form E[accepted] of the tree at T > 0 (METHODS.md §4)
+    expected_accepted: float | None = None  # closed-form E[accepted] of the tree at T > 0 (docs/methods.md §4)
     head_union: tuple[int, ...] = ()  # |∪ selected router groups| per drafter forward (routed drafters only)
 
 

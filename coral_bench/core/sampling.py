@@ -2,7 +2,7 @@
 
 The warper order and semantics are those of HF ``generate`` (``TemperatureLogitsWarper``,
 ``TopKLogitsWarper``, ``TopPLogitsWarper``, applied in that order), so vanilla sampling and
-speculative verification draw from the same distribution p (METHODS.md §4). The order is recorded
+speculative verification draw from the same distribution p (docs/methods.md §4). The order is recorded
 in every result through :data:`WARPER_ORDER`.
 """
 

@@ -1,6 +1,6 @@
 """The target model: an HF causal LM and the KV cache it owns.
 
-This is the only module that touches the transformers cache and attention-mask API (DESIGN.md §3):
+This is the only module that touches the transformers cache and attention-mask API (docs/design.md §3):
 the next API change should touch one file. Vanilla decoding runs a one-node tree through the plain
 causal path (no mask, no hidden states beyond the last layer's output, logits for one row).
 """
@@ -180,7 +180,7 @@ class Target:
 
     def _tree_mask(self, tree: DraftTree, prefix: int) -> torch.Tensor:  # [1, 1, N, P + N]
         # Additive mask: 0 where attention is allowed, the dtype's minimum elsewhere. A boolean or a
-        # 1/0 float mask is silently wrong with some attention implementations (METHODS.md §3).
+        # 1/0 float mask is silently wrong with some attention implementations (docs/methods.md §3).
         n = tree.size
         allowed = torch.ones(n, prefix + n, dtype=torch.bool)
         allowed[:, prefix:] = tree.ancestor_mask

@@ -21,7 +21,7 @@ class TreeError(ValueError):
 class DraftTree:
     """Tokens proposed by a drafter, rooted at the last decided token.
 
-    ``forwards`` is D, the number of sequential drafter forwards spent building the tree (METHODS.md
+    ``forwards`` is D, the number of sequential drafter forwards spent building the tree (docs/methods.md
     §1); drafters derive it with :func:`forwards_for_depth` or count it themselves.
     """
 
@@ -29,7 +29,7 @@ class DraftTree:
     parents: tuple[int, ...]  # [N] parent node index, parents[0] = -1
     forwards: int = 0  # D: sequential drafter forwards spent on this tree
     draft_logprobs: tuple[float, ...] | None = None  # [N] drafter log-prob of each node (root: 0.0)
-    head_union: tuple[int, ...] = ()  # [≤ D] |∪ selected router groups| per drafter forward (routed heads, METHODS.md §6)
+    head_union: tuple[int, ...] = ()  # [≤ D] |∪ selected router groups| per drafter forward (routed heads, docs/methods.md §6)
 
     def __post_init__(self) -> None:
         n = len(self.tokens)
@@ -115,7 +115,7 @@ class DraftTree:
 
 
 def forwards_for_depth(expansions: int) -> int:
-    """D for an EAGLE-style tree: the first forward plus one per expansion (METHODS.md §1)."""
+    """D for an EAGLE-style tree: the first forward plus one per expansion (docs/methods.md §1)."""
     return expansions + 1
 
 
@@ -142,7 +142,7 @@ class Verdict:
 
 @dataclass(frozen=True)
 class TreeShape:
-    """How big a tree a drafter may build (METHODS.md §3).
+    """How big a tree a drafter may build (docs/methods.md §3).
 
     ``chain`` trees draft ``depth`` tokens in a line. ``dynamic`` (EAGLE-2) trees expand ``depth``
     times (so depth + 1 levels of drafted tokens), keep ``top_k`` children per node and the global

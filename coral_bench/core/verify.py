@@ -1,4 +1,4 @@
-"""Lossless verification of a draft tree against the target's logits (METHODS.md §4).
+"""Lossless verification of a draft tree against the target's logits (docs/methods.md §4).
 
 Pure functions of ``(tree, logits, sampling, generator)``; row i of ``logits`` is the target's
 next-token logits after node i (the distribution of node i's children). No model here.
@@ -90,7 +90,7 @@ def verify(tree: DraftTree, logits: torch.Tensor, cfg: SamplingConfig,
 
 
 def expected_accepted(tree: DraftTree, logits: torch.Tensor, cfg: SamplingConfig) -> float:  # logits [N, V]
-    """Exact E[accepted draft tokens] for this tree (METHODS.md §4).
+    """Exact E[accepted draft tokens] for this tree (docs/methods.md §4).
 
     The rejection walk moves from a node to its child x with probability p(x) under the parent's
     warped, *unrenormalised* p, so E[accepted] = Σ_{v ≠ root} Π_{u on path(v), u ≠ root}

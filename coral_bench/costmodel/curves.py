@@ -1,6 +1,6 @@
 """Measured latency as a function of size: ``Curve`` y(x) and ``Grid`` y(rows, context), and their JSON.
 
-Pure maths, no torch (the speedup model's terms, METHODS.md §7).
+Pure maths, no torch (the speedup model's terms, docs/methods.md §7).
 """
 
 from __future__ import annotations

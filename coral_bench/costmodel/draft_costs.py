@@ -1,6 +1,6 @@
-"""Drafting-cost terms beyond the EAGLE-style forward (METHODS.md §6–7): early exit and cheaper draft heads.
+"""Drafting-cost terms beyond the EAGLE-style forward (docs/methods.md §6–7): early exit and cheaper draft heads.
 
-Pure maths, no torch; the terms are measured in the profile pass (``profile_terms``), never fitted on
+Pure maths, no torch; the terms are measured in the profile pass (``terms``), never fitted on
 the run they predict.
 
 - :class:`EarlyExitCosts` — ``early-exit:N`` drafts K = tree levels tokens, each one a one-token
@@ -14,7 +14,7 @@ the run they predict.
 
 - :class:`HeadRowCosts` — a routed head (``coral-router``) or a frequency subset (``@vocab=V``) computes
   fewer LM-head rows per drafter forward: U = |∪ selected groups| · V/N rows (recorded per forward in
-  ``cycles.jsonl`` as ``head_union``), or U = V_sub always. METHODS.md §7:
+  ``cycles.jsonl`` as ``head_union``), or U = V_sub always. docs/methods.md §7:
   T_head(w) → T_router(w) + T_matmul(U rows, w) (+ T_sm(U, w): finish, log-sum-exp and top-k over U columns).
 """
 

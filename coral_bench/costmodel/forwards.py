@@ -1,4 +1,4 @@
-"""Forward timings of the profile pass (METHODS.md §7), with the device-aware clock (``clock.Clock``).
+"""Forward timings of the profile pass (docs/methods.md §7), with the device-aware clock (``clock.Clock``).
 
 - the target: T_V(n, ctx) (``Target.score`` of an n-node tree at the context lengths a run saw), T_pf(P),
   and per-region times of a tree forward of n rows: embedding, each decoder layer, final norm, LM head;
@@ -15,7 +15,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -28,8 +28,18 @@ from coral_bench.costmodel.speedup import Curve, ForwardCosts, Grid
 from coral_bench.core.target import Target
 from coral_bench.core.tree import DraftTree, TreeShape
 
-if TYPE_CHECKING:
-    from coral_bench.costmodel.profile import ProfileSettings
+@dataclass(frozen=True)
+class ProfileSettings:
+    nodes: tuple[int, ...] = tuple(range(1, 65))  # n of T_V(n, ctx)
+    contexts: tuple[int, ...] = (128, 512)  # ctx of T_V and of the drafter forwards
+    prompts: tuple[int, ...] = (32, 128, 512)  # P of T_pf and T_dpf
+    repeats: int = 3  # timed repeats per point (median), after one warm-up
+    noop_cycles: int = 300  # cycles of the no-op loop per method
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return {"nodes": list(self.nodes), "contexts": list(self.contexts), "prompts": list(self.prompts),
+                "repeats": self.repeats, "noop_cycles": self.noop_cycles, "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -146,7 +156,7 @@ def _time_score(target: Target, tree: DraftTree, clock: Clock) -> float:
 @torch.inference_mode()
 def measure_t_v(target: Target, nodes: Sequence[int], contexts: Sequence[int], clock: Clock, repeats: int,
                 gen: torch.Generator) -> Grid:
-    """T_V(n, ctx) = ``Target.score`` of an n-node tree after a prefix of ctx tokens (METHODS.md §7)."""
+    """T_V(n, ctx) = ``Target.score`` of an n-node tree after a prefix of ctx tokens (docs/methods.md §7)."""
     points = []
     for ctx in contexts:
         target.prefill(random_ids(ctx, target.vocab_size, gen))
@@ -281,7 +291,7 @@ def _body(p: RegionProfile) -> float:
 
 def forward_costs(h: DraftHarness, tree: TreeShape, settings: ProfileSettings, clock: Clock, gen: torch.Generator,
                   first_rows: Sequence[int] | None = None) -> tuple[ForwardCosts, tuple[RegionProfile, ...]]:
-    """The forward terms of METHODS.md §7 for one tree: first forwards over ``first_rows`` slots (default
+    """The forward terms of docs/methods.md §7 for one tree: first forwards over ``first_rows`` slots (default
     1 … levels + 1, every L + 1 that occurs), expansions over the frontier, at every profiled context; head
     and softmax/top-k by rows (mean over contexts)."""
     vocab = h.model.config.vocab_size

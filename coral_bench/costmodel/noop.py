@@ -1,11 +1,11 @@
-"""The no-op decode loop of the profile pass: per-cycle costs outside model forwards (METHODS.md §7).
+"""The no-op decode loop of the profile pass: per-cycle costs outside model forwards (docs/methods.md §7).
 
 Besides its forwards, a decoding cycle spends time on drafting bookkeeping (top-k, rerank, tree building,
 prompt-lookup's n-gram matching, an oracle's lookup), verification, the commit (target cache compaction +
 drafter commit) and the loop's own Python between the timed stages. The cost model takes these as terms of
 their own (``speedup.LoopCosts``: tree_s, verify_s, commit_s, loop_s; the target call's mask, positions and
 cache append, score_call_s, lie inside T_V and are shown only), measured apart from the forwards that
-``profile_forwards`` times by region, and never as a residual of the run they predict.
+``forwards`` times by region, and never as a residual of the run they predict.
 
 So ``noop_loop`` runs the real ``decode.generate``, ``Target`` (mask, commit over a cache of the real shape:
 the stand-in backbone appends zero keys / values for each layer) and drafter code, with the networks
@@ -31,11 +31,11 @@ from torch import nn
 
 from coral_bench.core.clock import Clock
 from coral_bench.core.decode import generate
-from coral_bench.drafters.base import Drafter, DrafterSettings, generator_for
+from coral_bench.core.drafter import Drafter, DrafterSettings, generator_for
 from coral_bench.drafters.eagle import EagleDrafter, EagleInfo
 from coral_bench.drafters.early_exit import EarlyExitDrafter, parse_layers
 from coral_bench.drafters.eagle_model import EagleOutput, KVBlock
-from coral_bench.drafters.registry import build_drafter
+from coral_bench.drafters.registry import DRAFTERS, EAGLE, EARLY_EXIT, ORACLE, build_drafter
 from coral_bench.costmodel.forwards import tree_k
 from coral_bench.costmodel.terms import EarlyExitView, constant_reference
 from coral_bench.core.records import SampleRecord
@@ -214,15 +214,14 @@ class _DrafterView:
 
 def _noop_drafter(name: str, settings: DrafterSettings, eos: Sequence[int], device: torch.device,
                   gen: torch.Generator, info: EagleInfo | None, target: Target | None = None) -> Drafter:
-    from coral_bench.costmodel.profile import EARLY_EXIT, ORACLES, is_eagle  # the pass's drafter kinds (profile imports this module)
-
-    if is_eagle(name):
+    kind = DRAFTERS[name].kind
+    if kind == EAGLE:
         k = tree_k(settings.tree, 10**9)
         view = _DrafterView(max(64, 4 * k + len(eos)), max(k, 1), eos, device, gen)
         return EagleDrafter(view, _NoopEagleModel(), settings, info)  # type: ignore[arg-type]
-    if name in ORACLES:  # the real oracle code over the no-op target (its vocabulary and EOS)
+    if kind == ORACLE:  # the real oracle code over the no-op target (its vocabulary and EOS)
         return build_drafter(target, settings)  # type: ignore[arg-type]
-    if name == EARLY_EXIT:  # the real drafter (tree building, rerank) around precomputed drafts
+    if kind == EARLY_EXIT:  # the real drafter (tree building, rerank) around precomputed drafts
         config = target.model.config  # type: ignore[union-attr]
         layers = parse_layers(settings.checkpoint, int(config.num_hidden_layers))
         view = EarlyExitView(int(config.vocab_size), settings.tree.levels, eos, device, gen)
@@ -234,18 +233,17 @@ def noop_loop(config: Any, dtype: torch.dtype, device: torch.device, name: str, 
               plans: Sequence[NoopPlan], clock: Clock, max_cycles: int, seed: int = 0,
               info: EagleInfo | None = None, checkpoint: str | None = None) -> LoopCosts:
     """Per-cycle costs outside model forwards: the real decode loop, ``Target`` and drafter code around
-    stand-in networks that return precomputed outputs (METHODS.md §7), replaying ``plans``. Oracles read a
+    stand-in networks that return precomputed outputs (docs/methods.md §7), replaying ``plans``. Oracles read a
     constant greedy line (untimed, as in a run); ``checkpoint`` carries early-exit's layer count."""
-    from coral_bench.costmodel.profile import EARLY_EXIT, ORACLES
-
+    kind = DRAFTERS[name].kind
     gen = torch.Generator().manual_seed(seed)
     eos = eos_ids(config)
     low = max(64, 4 * tree.top_k + len(eos))
     script = _Script(eos, low)
     target = Target(_NoopLM(config, dtype, device, script, tree.max_nodes + 1, gen), eos, name="no-op")
-    settings = DrafterSettings(name=name, tree=tree, checkpoint=checkpoint if name == EARLY_EXIT else None)
+    settings = DrafterSettings(name=name, tree=tree, checkpoint=checkpoint if kind == EARLY_EXIT else None)
     drafter = _noop_drafter(name, settings, eos, device, gen, info, target)
-    reference = constant_reference(script.filler(set())) if name in ORACLES else None
+    reference = constant_reference(script.filler(set())) if DRAFTERS[name].needs_reference else None
     vocab = int(config.vocab_size)
     sums, cycles, decode = defaultdict(float), 0, 0.0
     for i, plan in enumerate([plans[0], *plans]):  # the first is a warm-up

@@ -1,4 +1,4 @@
-"""The profile pass: the latency terms of the speedup model (METHODS.md §7), measured apart from the run.
+"""The profile pass: the latency terms of the speedup model (docs/methods.md §7), measured apart from the run.
 
 What it measures, each with the device-aware clock (``clock.Clock``):
 
@@ -13,8 +13,8 @@ What it measures, each with the device-aware clock (``clock.Clock``):
   ``Target`` (mask, commit over a cache of the real shape) and drafter code, with the networks
   replaced by stand-ins that return precomputed outputs. Never a residual of the run.
 
-The forward timings live in ``profile_forwards``, the no-op loop in ``profile_noop``, the early-exit,
-head-row and oracle terms in ``profile_terms``; this module runs the pass (on a run directory or
+The forward timings live in ``forwards``, the no-op loop in ``noop``, the early-exit,
+head-row and oracle terms in ``terms``; this module runs the pass (on a run directory or
 standalone) and writes ``profile.json``.
 
 Timings on a shared CPU are approximate: the load average is recorded beside them.
@@ -31,12 +31,13 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from coral_bench.rundir import layout as rd
+from coral_bench.rundir.layout import VANILLA
+from coral_bench.rundir.recorded import read_config
 from coral_bench.core.clock import Clock, is_busy, load_average
-from coral_bench.drafters.base import DrafterSettings
-from coral_bench.drafters.eagle import build_eagle, build_routed
+from coral_bench.core.drafter import DrafterSettings
 from coral_bench.drafters.early_exit import parse_layers
-from coral_bench.drafters.registry import DRAFTERS, build_drafter
-from coral_bench.costmodel.forwards import DraftHarness, RegionProfile, forward_costs, measure_prefill, measure_t_v, target_regions
+from coral_bench.drafters.registry import DRAFTERS, BASELINE, EAGLE, EARLY_EXIT, build_drafter, tree_for
+from coral_bench.costmodel.forwards import ProfileSettings, DraftHarness, RegionProfile, forward_costs, measure_prefill, measure_t_v, target_regions
 from coral_bench.costmodel.noop import NoopPlan, noop_loop, plans_from_samples, synthetic_plans
 from coral_bench.costmodel.terms import early_exit_costs, head_row_costs
 from coral_bench.core.records import SampleRecord
@@ -46,37 +47,20 @@ from coral_bench.core.tree import TreeShape
 
 PROFILE = "profile.json"
 SCHEMA = 1
-NOOP_DRAFTERS = ("vanilla", "prompt-lookup")  # model-free drafters the no-op loop runs as they are
-ORACLES = ("oracle", "noisy-oracle")  # no forwards: drafting is a lookup, all of it in the no-op loop
-EARLY_EXIT = "early-exit"
-
-
 def is_eagle(name: str) -> bool:
     """EAGLE-style drafters (eagle, eagle2, hass, coral, coral-router): fc / layer / LM-head forwards."""
-    return name in DRAFTERS and DRAFTERS[name].factory in (build_eagle, build_routed)
+    return name in DRAFTERS and DRAFTERS[name].kind == EAGLE
 
 
 def is_modelled(name: str) -> bool:
-    """Drafters the profile pass and the cost model cover."""
-    return is_eagle(name) or name in NOOP_DRAFTERS or name in ORACLES or name == EARLY_EXIT
+    """Drafters the profile pass and the cost model cover: every registered kind has its model (baseline and
+    model-free drafters: the no-op loop as they are; oracles: a lookup, all of it in the no-op loop; early
+    exit: its layers; EAGLE-style: fc / layer / LM-head forwards)."""
+    return name in DRAFTERS
 
 
 # =============================================================================================
 # values
-
-
-@dataclass(frozen=True)
-class ProfileSettings:
-    nodes: tuple[int, ...] = tuple(range(1, 65))  # n of T_V(n, ctx)
-    contexts: tuple[int, ...] = (128, 512)  # ctx of T_V and of the drafter forwards
-    prompts: tuple[int, ...] = (32, 128, 512)  # P of T_pf and T_dpf
-    repeats: int = 3  # timed repeats per point (median), after one warm-up
-    noop_cycles: int = 300  # cycles of the no-op loop per method
-    seed: int = 0
-
-    def to_json(self) -> dict:
-        return {"nodes": list(self.nodes), "contexts": list(self.contexts), "prompts": list(self.prompts),
-                "repeats": self.repeats, "noop_cycles": self.noop_cycles, "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -94,7 +78,7 @@ class MethodProfile:
     reason: str | None = None
 
     def shares(self) -> tuple[float, float] | None:
-        """(lm_head_share, lm_head_total_share) per cycle (METHODS.md §1), at the median context."""
+        """(lm_head_share, lm_head_total_share) per cycle (docs/methods.md §1), at the median context."""
         if self.costs is None or self.costs.forward is None:
             return None
         f = self.costs.forward
@@ -160,7 +144,7 @@ class MethodSpec:
     @property
     def nodes(self) -> int:
         """Tree nodes a cycle verifies (1 for vanilla)."""
-        return 1 if self.name == "vanilla" else self.tree.max_nodes
+        return 1 if DRAFTERS[self.name].kind == BASELINE else self.tree.max_nodes
 
     @property
     def first_rows(self) -> float:
@@ -184,7 +168,7 @@ def profile_method(spec: MethodSpec, target: Target, settings: ProfileSettings, 
         params, info = drafter.parameter_count(), drafter.info
         if drafter.head is not None:
             rows = head_row_costs(drafter.head, (1, *forward.widths), h.top_k, clock, settings.repeats, gen)
-    elif spec.name == EARLY_EXIT:
+    elif DRAFTERS[spec.name].kind == EARLY_EXIT:
         layers = parse_layers(spec.checkpoint, target.num_layers)
         early, regions = early_exit_costs(target, layers, spec.tree.levels, settings.contexts, clock,
                                           settings.repeats, gen)
@@ -235,18 +219,15 @@ def run_methods(run_dir: Path, extra: Sequence[Any] = ()) -> list[MethodSpec]:
     """vanilla and the run's drafters (``config.json``), plus ``extra`` DrafterSpecs, with their plans."""
     from coral_bench.run.specs import DrafterSpec
 
-    config = json.loads((run_dir / rd.CONFIG).read_text())
+    config = read_config(run_dir)
     samples = rd.read_samples(run_dir)
-    seed = int(config.get("sampling", {}).get("seed", 0))
-    resolved = {label: m.get("tree") for label, m in config.get("methods", {}).items()}
-    specs = [DrafterSpec("vanilla", "vanilla", None, TreeShape("chain", 1))]
-    specs += [DrafterSpec(d["label"], d["name"], d.get("checkpoint"), _tree_or_none(resolved.get(d["label"])))
-              for d in config.get("drafters", [])]
+    seed = config.seed
+    specs = [DrafterSpec(VANILLA, VANILLA, None, TreeShape("chain", 1))]
+    specs += [DrafterSpec(d.label, d.name, d.checkpoint, _tree_or_none(d.tree)) for d in config.drafters]
     specs += [s for s in extra if s.label not in {x.label for x in specs}]
     out = []
     for s in specs:
-        default = DRAFTERS[s.name].default_tree if s.name in DRAFTERS else TreeShape("chain", 1)
-        tree = s.tree or default
+        tree = tree_for(s.name, s.tree) if s.name in DRAFTERS else (s.tree or TreeShape("chain", 1))
         own = [r for r in samples if r.method == s.label]
         plans = plans_from_samples(own) or synthetic_plans(tree, 128, 64)
         out.append(MethodSpec(s.label, s.name, s.checkpoint, tree, tuple(plans), seed))
@@ -291,17 +272,17 @@ def profile_run(run_dir: Path, settings: ProfileSettings | None = None, extra: S
     (then ``settings``'). Written into the run (profile.json, results.json)."""
     from coral_bench.run.targets import load_target
 
-    config = json.loads((run_dir / rd.CONFIG).read_text())
+    config = read_config(run_dir)
     samples = rd.read_samples(run_dir)
     if not samples:
         raise ValueError(f"{run_dir} holds no samples to profile against")
-    _set_threads(config.get("threads"))
+    _set_threads(config.threads)
     settings = settings or ProfileSettings()
     if own_lengths:
         contexts, prompts = run_contexts(samples)
         settings = ProfileSettings(settings.nodes, contexts, prompts, settings.repeats, settings.noop_cycles,
                                    settings.seed)
-    loaded = loaded or load_target(config["target"], config["dtype"], config["device"])
+    loaded = loaded or load_target(config.target, config.dtype, config.device)
     clock = Clock(loaded.target.device)
     report = profile_pass(loaded.target, loaded.name, run_methods(run_dir, extra), settings, clock)
     write_profile(run_dir, report)
@@ -330,13 +311,11 @@ def standalone_methods(drafters: Sequence[Any], tree: TreeShape | None, settings
     from coral_bench.run.specs import DrafterSpec
 
     prompt = settings.prompts[len(settings.prompts) // 2]
-    specs = [DrafterSpec("vanilla", "vanilla", None, TreeShape("chain", 1))]
+    specs = [DrafterSpec(VANILLA, VANILLA, None, TreeShape("chain", 1))]
     specs += list(drafters) or [DrafterSpec("eagle", "eagle", None, None)]
     out = []
     for s in specs:
-        if s.name not in DRAFTERS:
-            raise ValueError(f"unknown drafter {s.name!r}: choose from {', '.join(DRAFTERS)}")
-        shape = s.tree or tree or DRAFTERS[s.name].default_tree
+        shape = tree_for(s.name, s.tree, run_default=tree)
         out.append(MethodSpec(s.label, s.name, s.checkpoint, shape,
                               tuple(synthetic_plans(shape, prompt, new_tokens)), settings.seed))
     return out

@@ -6,14 +6,14 @@ target features f_q at every position (and its greedy token after each, to check
 cycles are simulated through the ``Drafter`` protocol: the drafter proposes a tree from the current
 root, accepted = the longest tree path whose tokens match the recorded greedy tokens, the bonus is
 the next recorded token, the drafter commits the features of the accepted positions, and so on
-(METHODS.md §7 "Replay"). Cycles, accepted and emitted counts equal those of a real run with the same
+(docs/methods.md §7 "Replay"). Cycles, accepted and emitted counts equal those of a real run with the same
 setting (a test checks it on a float64 model). Past the recorded output (a last cycle whose tree
 matches to the end) the target's own greedy tokens are computed on demand.
 
 At T > 0 no single path is known, so each cycle scores its tree with the target (untimed) and uses
-E[accepted] (``verify.expected_accepted``, METHODS.md §4) while following vanilla's recorded output.
+E[accepted] (``verify.expected_accepted``, docs/methods.md §4) while following vanilla's recorded output.
 
-Prompts are re-rendered from the suite with vanilla's earlier-turn answers, as ``bench`` does for vanilla.
+Prompts are re-rendered from the suite with vanilla's earlier-turn answers, as the runner (``run/runner.py``) does for vanilla.
 """
 
 from __future__ import annotations
@@ -27,23 +27,24 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from coral_bench.rundir import layout as rd
-from coral_bench.run.chat import render
-from coral_bench.drafters.base import DraftContext, Drafter, DrafterSettings
+from coral_bench.run.chat import answer_text, turn_prompt
+from coral_bench.core.drafter import DraftContext, Drafter, DrafterSettings
 from coral_bench.drafters.eagle import EagleInfo
-from coral_bench.drafters.registry import DRAFTERS, build_drafter
+from coral_bench.drafters.registry import DRAFTERS, build_drafter, tree_for
 from coral_bench.run.targets import LoadedTarget, load_target
 from coral_bench.run.provenance import git_hash
 from coral_bench.core.records import SampleRecord
 from coral_bench.core.reference import GreedyReference
 from coral_bench.core.sampling import SamplingConfig
-from coral_bench.costmodel.speedup import SampleShape, VANILLA, shape_cycles
+from coral_bench.costmodel.speedup import SampleShape, shape_cycles
+from coral_bench.rundir.layout import VANILLA
+from coral_bench.rundir.recorded import RecordedConfig, drafter_results, read_config
 from coral_bench.run.suites import Suite, SuiteError, limit, load_suite
 from coral_bench.core.target import Target, TargetOutput
 from coral_bench.core.tree import DraftTree, TreeShape, Verdict
 from coral_bench.core.verify import expected_accepted
 
 REPLAYS = rd.REPLAYS
-ORACLES = ("oracle", "noisy-oracle")  # drafters that read the greedy reference
 
 
 class ReplayError(ValueError):
@@ -94,7 +95,7 @@ class ReplayResult:
 
     @property
     def tau_pooled(self) -> float | None:
-        """Σ emitted / Σ cycles (METHODS.md §1); at T > 0 along vanilla's output, see ``tau_expected``."""
+        """Σ emitted / Σ cycles (docs/methods.md §1); at T > 0 along vanilla's output, see ``tau_expected``."""
         n = self.cycles
         return sum(c.emitted for s in self.samples for c in s.cycles) / n if n else None
 
@@ -234,34 +235,30 @@ def replay_sampled(target: Target, drafter: Drafter, prompt: list[int], output: 
 # a run directory
 
 
-def run_suite(config: dict) -> Suite:
-    """The run's suite (shipped name, else its question file), cut to the run's ``limit``."""
+def recorded_suite(config: RecordedConfig) -> Suite:
+    """The suite a run asked, with its ``--limit``: by name, else by the question file it recorded."""
     try:
-        suite = load_suite(config["suite"])
+        suite = load_suite(config.suite)
     except SuiteError:
-        suite = load_suite(config["suite_source"])
-    return limit(suite, config["limit"]) if config.get("limit") else suite
+        suite = load_suite(config.suite_source)
+    return limit(suite, config.limit) if config.limit else suite
 
 
 def vanilla_prompt(loaded: LoadedTarget, suite: Suite, question_id: str, turn: int,
                    vanilla: dict[tuple[str, int], SampleRecord]) -> list[int]:
     """The prompt vanilla answered: the question's turns with vanilla's own earlier answers
-    (as ``bench._vanilla_prompt``; answers are ``output_text.strip()`` as ``bench._answer_text``)."""
+    (``chat.turn_prompt``, as the run rendered it)."""
     question = next(q for q in suite.questions if q.question_id == question_id)
-    answers = [vanilla[(question_id, t)].output_text.strip() for t in range(turn)]
-    return render(loaded.tokenizer, list(question.turns[: turn + 1]), answers, suite.system_prompt)
+    return turn_prompt(loaded.tokenizer, suite, question, turn, [answer_text(vanilla[(question_id, t)]) for t in range(turn)])
 
 
-def resolve_tree(config: dict, label: str, name: str, tree: TreeShape | None) -> TreeShape:
-    """``tree`` if given, else the tree the run used for ``label``, else the drafter's default."""
-    if tree is not None:
-        return tree
-    used = config.get("methods", {}).get(label, {}).get("tree")
-    if used:
-        return TreeShape.parse(used)
+def resolve_tree(config: RecordedConfig, label: str, name: str, tree: TreeShape | None) -> TreeShape:
+    """``tree`` if given, else the tree the run used for ``label``, else the drafter's default
+    (:func:`~coral_bench.drafters.registry.tree_for`, with the run's recorded tree as the chosen one)."""
     if name not in DRAFTERS:
         raise ReplayError(f"unknown drafter {name!r}: choose from {', '.join(DRAFTERS)}")
-    return DRAFTERS[name].default_tree
+    used = config.method_trees.get(label)
+    return tree_for(name, tree, TreeShape.parse(used) if used else None)
 
 
 def replay_run(run_dir: Path, label: str, name: str, checkpoint: str | None, tree: TreeShape | None = None,
@@ -272,18 +269,18 @@ def replay_run(run_dir: Path, label: str, name: str, checkpoint: str | None, tre
 
     ``threads`` overrides the run's torch thread count (replay measures no time, so it may share cores);
     ``command`` is recorded with the result."""
-    config = json.loads((run_dir / rd.CONFIG).read_text())
+    config = read_config(run_dir)
     vanilla = {(s.question_id, s.turn): s for s in rd.read_samples(run_dir) if s.method == VANILLA}
     if not vanilla:
         raise ReplayError(f"{run_dir} holds no vanilla samples to replay against")
-    threads = threads or config.get("threads")
+    threads = threads or config.threads
     if threads:
         torch.set_num_threads(int(threads))
-    loaded = loaded or load_target(config["target"], config["dtype"], config["device"])
-    sampling = SamplingConfig(**config.get("sampling", {}))
+    loaded = loaded or load_target(config.target, config.dtype, config.device)
+    sampling = SamplingConfig(**config.sampling)
     shape = resolve_tree(config, label, name, tree)
     drafter = build_drafter(loaded.target, DrafterSettings(name, shape, checkpoint, sampling.seed))
-    suite = run_suite(config)
+    suite = recorded_suite(config)
     order = {q.question_id: i for i, q in enumerate(suite.questions)}
     keys = sorted((k for k in vanilla if k[0] in order), key=lambda k: (order[k[0]], k[1]))
     samples = []
@@ -306,7 +303,7 @@ def _replay_one(loaded: LoadedTarget, suite: Suite, vanilla: dict, key: tuple[st
         raise ReplayError(f"question {key[0]!r} turn {key[1]}: the prompt renders to {len(prompt)} tokens, the run "
                           f"recorded {rec.prompt_tokens} (suite or chat template changed)")
     reference = None
-    if name in ORACLES:
+    if DRAFTERS[name].needs_reference:
         reference = GreedyReference(loaded.target)
         reference.add(prompt, rec.output_ids)
     if sampling.is_greedy:
@@ -326,7 +323,7 @@ def save_replay(run_dir: Path, result: ReplayResult) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# estimate-speedup: the run's own settings, and what-if trees through replay (METHODS.md §7)
+# estimate-speedup: the run's own settings, and what-if trees through replay (docs/methods.md §7)
 
 
 def what_if(run_dir: Path, label: str, name: str, checkpoint: str | None, tree: TreeShape, profile_body: dict,
@@ -344,7 +341,7 @@ def what_if(run_dir: Path, label: str, name: str, checkpoint: str | None, tree: 
                                   int(s.get("repeats", 3)), int(s.get("noop_cycles", 300)), int(s.get("seed", 0)))
     plans = tuple(NoopPlan(x.prompt_tokens, x.new_tokens, tuple(c.accepted for c in x.cycles))
                   for x in result.samples if x.cycles)
-    seed = int(_config(run_dir).get("sampling", {}).get("seed", 0))
+    seed = read_config(run_dir).seed
     spec = pf.MethodSpec(label, name, checkpoint, tree, plans, seed)
     method = pf.profile_method(spec, loaded.target, settings, Clock(loaded.target.device))
     if method.costs is None:
@@ -353,10 +350,6 @@ def what_if(run_dir: Path, label: str, name: str, checkpoint: str | None, tree: 
     if pred is None:
         raise ReplayError(f"{run_dir / 'profile.json'} lacks the target or vanilla terms: rerun coral-bench profile")
     return Estimate(label, tree.describe(), pred, None, None, None, what_if=True), result
-
-
-def _config(run_dir: Path) -> dict:
-    return json.loads((run_dir / rd.CONFIG).read_text())
 
 
 def estimate_run(run_dir: Path, trees: Sequence[TreeShape] = (), labels: Sequence[str] = (),
@@ -368,8 +361,8 @@ def estimate_run(run_dir: Path, trees: Sequence[TreeShape] = (), labels: Sequenc
     from coral_bench.costmodel import profile as pf
     from coral_bench.costmodel.speedup import estimate_method, write_predictions
 
-    config = _config(run_dir)
-    timed = json.loads((run_dir / rd.RESULTS).read_text()).get("drafters", {})
+    config = read_config(run_dir)
+    timed = drafter_results(run_dir)
     for spec in drafters:  # before any work
         if spec.name not in DRAFTERS:
             raise ReplayError(f"unknown drafter {spec.name!r}: choose from {', '.join(DRAFTERS)}")
@@ -380,37 +373,37 @@ def estimate_run(run_dir: Path, trees: Sequence[TreeShape] = (), labels: Sequenc
     body = pf.read_profile(run_dir)
     if body is None:
         note(f"{run_dir} has no {pf.PROFILE}: running the profile pass first")
-        loaded = load_target(config["target"], config["dtype"], config["device"])
+        loaded = load_target(config.target, config.dtype, config.device)
         body = pf.profile_run(run_dir, loaded=loaded).to_json()
     results = json.loads((run_dir / rd.RESULTS).read_text())
     samples, rows = rd.read_samples(run_dir), rd.read_cycles(run_dir)
-    specs = {d["label"]: d for d in config.get("drafters", []) if not labels or d["label"] in labels}
+    specs = {d.label: d for d in config.drafters if not labels or d.label in labels}
     estimates = []
     for label, entry in results.get("drafters", {}).items():
         if label not in specs:
             continue
-        nodes = resolve_tree(config, label, specs[label]["name"], None).max_nodes
+        nodes = resolve_tree(config, label, specs[label].name, None).max_nodes
         est = estimate_method(label, samples, rows, body, entry, nodes)
         if est is None:
             note(f"{label}: the profile has no cost terms for it (see profile.json)")
         else:
             estimates.append(est)
-        name = specs[label]["name"]
+        name = specs[label].name
         if trees and not pf.is_modelled(name):
             note(f"{label}: no what-if for {name} (the profile pass does not model it)")
             continue
         for tree in trees:
             if tree.max_nodes > max(body["settings"]["nodes"]):
                 note(f"{label} @ {tree.describe()}: T_V extrapolated beyond the profiled n ≤ {max(body['settings']['nodes'])}")
-            loaded = loaded or load_target(config["target"], config["dtype"], config["device"])
-            estimates.append(what_if(run_dir, label, specs[label]["name"], specs[label].get("checkpoint"), tree,
+            loaded = loaded or load_target(config.target, config.dtype, config.device)
+            estimates.append(what_if(run_dir, label, specs[label].name, specs[label].checkpoint, tree,
                                      body, loaded)[0])
     for spec in drafters:
         if not pf.is_modelled(spec.name):
             note(f"{spec.label}: no what-if for {spec.name} (the profile pass does not model it)")
             continue
         tree = resolve_tree(config, spec.label, spec.name, spec.tree)
-        loaded = loaded or load_target(config["target"], config["dtype"], config["device"])
+        loaded = loaded or load_target(config.target, config.dtype, config.device)
         estimates.append(what_if(run_dir, spec.label, spec.name, spec.checkpoint, tree, body, loaded)[0])
     rd.write_json(run_dir / rd.RESULTS, write_predictions(results, estimates, drafters))
     return estimates

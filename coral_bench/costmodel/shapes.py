@@ -3,7 +3,7 @@
 Latency does not depend on weight values, so ``coral-bench profile --shape NAME --random-weights``
 builds an EAGLE drafter of a real target's shape on the meta device, materialises it directly in the
 working dtype and fills it with cheap random numbers (no slow module init), then profiles it
-(METHODS.md §6–7; CORAL's Figure 2: drafter parameters fc + layer vs LM head, and the LM head's share
+(docs/methods.md §6–7; CORAL's Figure 2: drafter parameters fc + layer vs LM head, and the LM head's share
 of drafting time).
 
 The configs are copied from the public model configs (``config.json`` of each repository):
@@ -175,7 +175,7 @@ def memory_available() -> int | None:
     return None
 
 
-# ---- the profile pass on a shape (METHODS.md §6; CORAL's Figure 2) ------------------------------
+# ---- the profile pass on a shape (docs/methods.md §6; CORAL's Figure 2) ------------------------------
 
 
 def shape_harness(shape: ModelShape, dtype: torch.dtype, device: torch.device, top_k: int):
@@ -194,7 +194,7 @@ def shape_harness(shape: ModelShape, dtype: torch.dtype, device: torch.device, t
 def profile_shape(shape: ModelShape, dtype: torch.dtype, device: torch.device, tree, settings,
                   with_target: bool = False):
     """The drafter of ``shape`` (fc + layer, LM head, log-softmax + top-k, no-op loop) at one first-forward
-    row (the shares of METHODS.md §1 without a run); the whole target too with ``with_target``, where
+    row (the shares of docs/methods.md §1 without a run); the whole target too with ``with_target``, where
     memory allows. Returns a ``profile.ProfileReport``."""
     from transformers import AutoConfig
 

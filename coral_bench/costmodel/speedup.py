@@ -1,8 +1,8 @@
-"""The speedup model of METHODS.md §7: coral-bench's own cost model (CORAL's equation is not public).
+"""The speedup model of docs/methods.md §7: coral-bench's own cost model (CORAL's equation is not public).
 
 Pure maths, no torch. Latency terms come from the separate profile pass (``profile.json``),
 acceptance from the run (``samples.jsonl`` / ``cycles.jsonl``) or from replay; no term is fitted on
-the run it predicts (METHODS.md §7: a residual fitted on the same run makes prediction = measurement).
+the run it predicts (docs/methods.md §7: a residual fitted on the same run makes prediction = measurement).
 
 Per sample s with prompt P_s, N_s new tokens and cycles c = 1 … C_s::
 
@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from coral_bench.costmodel.curves import Curve, Grid, curve as _curve, curve_json as _curve_json, grid as _grid, grid_json as _grid_json
 from coral_bench.costmodel.draft_costs import EarlyExitCosts, HeadRowCosts
 from coral_bench.core.records import SampleRecord
+from coral_bench.rundir.layout import VANILLA
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,7 +41,7 @@ from coral_bench.core.records import SampleRecord
 
 @dataclass(frozen=True)
 class LoopCosts:
-    """Per-cycle seconds outside model forwards, from the no-op decode loop (METHODS.md §7)."""
+    """Per-cycle seconds outside model forwards, from the no-op decode loop (docs/methods.md §7)."""
 
     tree_s: float  # drafting besides forwards: top-k bookkeeping, rerank, tree building, n-gram matching
     verify_s: float
@@ -59,7 +60,7 @@ class LoopCosts:
 
 @dataclass(frozen=True)
 class ForwardCosts:
-    """A model drafter's forward costs for one tree shape (EAGLE-style; METHODS.md §2–3)."""
+    """A model drafter's forward costs for one tree shape (EAGLE-style; docs/methods.md §2–3)."""
 
     first_body: Grid  # T_body(L+1 rows, ctx): fc + layer (+ embedding, RoPE) of a cycle's first forward
     expand_body: Grid  # T_body(w rows, ctx): an expansion over the frontier
@@ -70,7 +71,7 @@ class ForwardCosts:
 
     @property
     def forwards(self) -> int:
-        """D: sequential drafter forwards per tree (METHODS.md §1)."""
+        """D: sequential drafter forwards per tree (docs/methods.md §1)."""
         return 1 + len(self.widths)
 
     def to_json(self) -> dict:
@@ -143,7 +144,7 @@ class SampleShape:
 
 def shape_cycles(prompt_tokens: int, nodes: Sequence[int], accepted: Sequence[float],
                  emitted: Sequence[float], unions: Sequence[Sequence[int]] | None = None) -> tuple[CycleShape, ...]:
-    """Cycles with their contexts: ctx_c = P + Σ_{c' < c} emitted_c' (METHODS.md §2 bookkeeping); ``unions``:
+    """Cycles with their contexts: ctx_c = P + Σ_{c' < c} emitted_c' (docs/methods.md §2 bookkeeping); ``unions``:
     the recorded |∪ router groups| per forward of each cycle (routed heads), else none."""
     unions = unions if unions is not None else [()] * len(nodes)
     out, ctx, prev = [], float(prompt_tokens), None
@@ -172,7 +173,7 @@ def sample_shapes(samples: Sequence[SampleRecord], cycle_rows: Sequence[Mapping[
 
 
 def _emitted(s: SampleRecord) -> list[int]:
-    """accepted + 1 per cycle, the last cut so that the cycles emit exactly new_tokens − 1 (METHODS.md §1)."""
+    """accepted + 1 per cycle, the last cut so that the cycles emit exactly new_tokens − 1 (docs/methods.md §1)."""
     if not s.cycles:
         return []
     full = [a + 1 for a in s.accepted]
@@ -245,7 +246,7 @@ def draft_times(c: CycleShape, drafter: DrafterCosts) -> tuple[float, float, flo
 
 
 def cycle_time(c: CycleShape, target: TargetCosts, drafter: DrafterCosts) -> StageTimes:
-    """T_cycle of METHODS.md §7 for one cycle."""
+    """T_cycle of docs/methods.md §7 for one cycle."""
     body, head, sm = draft_times(c, drafter)
     loop = drafter.loop
     return StageTimes(body, head, sm, loop.tree_s, target.t_v.at(c.nodes, c.context), loop.verify_s,
@@ -331,7 +332,7 @@ class Prediction:
 
 def predict(spec: Sequence[SampleShape], vanilla: Sequence[SampleShape], target: TargetCosts,
             drafter: DrafterCosts, vanilla_costs: DrafterCosts) -> Prediction:
-    """Predicted speedups of ``spec`` over ``vanilla`` (METHODS.md §7), paired by (question, turn)."""
+    """Predicted speedups of ``spec`` over ``vanilla`` (docs/methods.md §7), paired by (question, turn)."""
     van_by_key = {s.key: s for s in vanilla}
     pairs = [(s, van_by_key[s.key]) for s in spec if s.key in van_by_key]
     st = [sample_time(s, target, drafter) for s, _ in pairs]
@@ -376,7 +377,7 @@ def _ratio(tok_s: float, t_s: float, tok_v: float, t_v: float) -> float | None:
 
 def lm_head_shares(costs: ForwardCosts, tree_s: float, first_rows: float, context: float,
                    head_rows: HeadRowCosts | None = None) -> tuple[float, float]:
-    """(lm_head_share, lm_head_total_share) of one cycle's drafting time (METHODS.md §1): LM-head matmul
+    """(lm_head_share, lm_head_total_share) of one cycle's drafting time (docs/methods.md §1): LM-head matmul
     ÷ drafter time per cycle, and the same with log-softmax + top-k. ``first_rows`` = L + 1 of the first
     forward (1 where no run says otherwise); drafter time = forwards + ``tree_s`` (rerank, bookkeeping).
     With ``head_rows`` (a routed or subset head) the head is the rows it computes (routed: at most
@@ -466,7 +467,6 @@ def costs_from_json(profile: Mapping[str, Any], label: str) -> DrafterCosts | No
 # ---------------------------------------------------------------------------------------------
 # estimates for a run directory (pure: records and profile.json in, numbers out)
 
-VANILLA = "vanilla"  # the baseline's label in every run (bench.VANILLA)
 
 
 @dataclass(frozen=True)

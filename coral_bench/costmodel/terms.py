@@ -1,7 +1,7 @@
-"""Profile-pass measurements for drafters beyond the EAGLE-style forward (``draft_costs``, METHODS.md §6–7).
+"""Profile-pass measurements for drafters beyond the EAGLE-style forward (``draft_costs``, docs/methods.md §6–7).
 
 - ``early-exit:N``: the target's per-layer, embedding, norm and LM-head latencies of a one-row forward
-  at each profiled context (``profile_forwards.target_regions``), and the glue of the early-exit step measured
+  at each profiled context (``forwards.target_regions``), and the glue of the early-exit step measured
   on ``Target.early_exit_chain`` itself (its time outside those modules).
 - routed / subset draft heads: the head's matmul and finish + log-sum-exp + top-k over U rows of the
   LM head, for U on a grid of row counts and the forward widths that occur, and the router's forward.

@@ -1,4 +1,4 @@
-"""``coral-bench run --tree auto``: pick an EAGLE-style drafter's tree from the cost model (METHODS.md §7).
+"""``coral-bench run --tree auto``: pick an EAGLE-style drafter's tree from the cost model (docs/methods.md §7).
 
 For each candidate of a small grid (top_k × depth × total_tokens) the cost model predicts the speedup
 from (a) a quick profile pass on this machine — T_V(n, ctx), T_pf(P), the drafter's forwards and the
@@ -21,13 +21,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from coral_bench.run.chat import render
+from coral_bench.run.chat import turn_prompt
 from coral_bench.core.clock import Clock, is_busy, load_average
 from coral_bench.core.decode import generate
-from coral_bench.drafters.base import DrafterSettings, generator_for
-from coral_bench.drafters.registry import build_drafter
+from coral_bench.core.drafter import DrafterSettings, generator_for
+from coral_bench.drafters.registry import build_drafter, drafter_entry
 from coral_bench.run.targets import LoadedTarget
-from coral_bench.run.specs import DrafterSpec
+from coral_bench.run.specs import ChosenTree, DrafterSpec
 from coral_bench.core.sampling import SamplingConfig
 from coral_bench.costmodel.speedup import SampleShape, predict, shape_cycles
 from coral_bench.run.suites import limit, load_suite
@@ -126,7 +126,7 @@ def dev_samples(loaded: LoadedTarget, settings: AutoSettings, clock: Clock) -> t
     vanilla = build_drafter(loaded.target, DrafterSettings("vanilla", TreeShape("chain", 1)))
     out = []
     for q in suite.questions:
-        prompt = render(loaded.tokenizer, [q.turns[0]], [], suite.system_prompt)
+        prompt = turn_prompt(loaded.tokenizer, suite, q, 0, [])
         gen = generate(loaded.target, vanilla, prompt, settings.max_new_tokens, SamplingConfig(), generator_for(0),
                        clock)
         out.append(DevSample(tuple(prompt), gen.ids))
@@ -196,3 +196,18 @@ def auto_tree(loaded: LoadedTarget, spec: DrafterSpec, settings: AutoSettings, c
                "busy_machine": is_busy(max(load_before, load_after)),
                "selected_on_the_reported_suite": run_suite == settings.dev_suite}
     return TreeChoice(spec.label, tree, scores, details)
+
+
+def tree_chooser(drafters: Sequence[DrafterSpec], settings: AutoSettings, seed: int = 0):
+    """``run_suite``'s ``choose_trees`` for ``--tree auto``: :func:`auto_tree` for every drafter whose kind
+    takes a tuned tree (the registry says which) and that has no ``@tree`` of its own."""
+
+    def choose_trees(loaded: LoadedTarget, clock: Clock, suite) -> dict[str, ChosenTree]:
+        chosen = {}
+        for spec in drafters:
+            if spec.tree is None and drafter_entry(spec.name).tree_tunable:
+                choice = auto_tree(loaded, spec, settings, clock, seed, run_suite=suite.name)
+                chosen[spec.label] = ChosenTree(choice.tree, choice.to_json())
+        return chosen
+
+    return choose_trees

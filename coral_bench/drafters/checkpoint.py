@@ -1,4 +1,4 @@
-"""EAGLE / HASS drafter checkpoints: read, validate against a target, write (METHODS.md §2).
+"""EAGLE / HASS drafter checkpoints: read, validate against a target, write (docs/methods.md §2).
 
 A checkpoint is a folder with ``config.json`` (a one-layer Llama config) and ``model.safetensors``
 or ``pytorch_model.bin`` (an fp16 pickle, loaded with ``weights_only=True``). The reference loader
@@ -9,7 +9,7 @@ coral-bench writes bf16 safetensors without the embedding copy, records in ``con
 target's ``max_position_embeddings`` and a hash of the training target's embedding (checked on
 load), and keeps a free-form ``coral_bench`` section (method, settings, provenance).
 
-CORAL routed drafters (METHODS.md §6) add ``router.*`` tensors (the router and the vocabulary
+CORAL routed drafters (docs/methods.md §6) add ``router.*`` tensors (the router and the vocabulary
 grouping) and ``vocab.counts`` (training token frequencies), described by the section's ``router``
 entry (``router.py``). Reference EAGLE loaders ignore them; here they are validated against the
 target and kept in ``EagleCheckpoint.extras``, and a routed checkpoint loads as a plain drafter too.
@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .base import DrafterError
+from coral_bench.core.drafter import DrafterError
 from .eagle_model import EagleConfig, EagleConfigError, EagleModel
 from .router import PREFIX as ROUTER_PREFIX, router_problems
 from .vocab_grouping import COUNTS_KEY
@@ -38,7 +38,7 @@ EMBEDDING_CHOICES = ("target", "checkpoint")
 HASH_KEY = "target_embedding_sha256"  # reserved key inside the config's coral_bench section
 ROUTER_KEY = "router"  # the coral_bench section's description of the router tensors (router.py)
 # Embedding copies may differ from the target by dtype rounding (fp16 ≈ 5e-4, bf16 ≈ 4e-3 relative);
-# anything larger means another target (METHODS.md §2).
+# anything larger means another target (docs/methods.md §2).
 EMBED_REL_TOL = 1e-2
 # Derived buffers that old transformers versions saved; harmless, ignored.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)

@@ -1,5 +1,5 @@
 """Draft heads: the drafter's output features → top-k draft tokens and log-probs, computing logits
-for fewer rows of the target's frozen LM head than the full head does (METHODS.md §6).
+for fewer rows of the target's frozen LM head than the full head does (docs/methods.md §6).
 
 - :class:`RoutedHead` — CORAL: the vocabulary is partitioned into N groups
   (:class:`~coral_bench.drafters.vocab_grouping.VocabGrouping`); a small
@@ -33,7 +33,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from .base import DrafterError
+from coral_bench.core.drafter import DrafterError
 from .router import SCORES, Router
 from .vocab_grouping import VocabGrouping
 

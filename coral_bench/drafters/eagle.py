@@ -1,6 +1,6 @@
 """The EAGLE-style drafter (EAGLE-2, HASS and CORAL checkpoints) and the EAGLE-2 dynamic tree.
 
-Bookkeeping follows METHODS.md §2 exactly. Drafter slot s has input (embed(x_{s+1}), f_s) and sits
+Bookkeeping follows docs/methods.md §2 exactly. Drafter slot s has input (embed(x_{s+1}), f_s) and sits
 at RoPE position s; the cache holds slots built from real target features only:
 
 - ``begin``: runs slots 0…P−1 with (embed(x_1), f_0)…(embed(x_P), f_{P−1}), x_P = the first root.
@@ -9,12 +9,12 @@ at RoPE position s; the cache holds slots built from real target features only:
 - ``propose(root)``: one forward over the L+1 stored slots, then the tree from the last slot's
   output; tree entries are appended to the cache while expanding and dropped afterwards.
 
-Draft head (METHODS.md §6): by default the target's full LM head + log-softmax + top-k. A
+Draft head (docs/methods.md §6): by default the target's full LM head + log-softmax + top-k. A
 :class:`~coral_bench.drafters.draft_heads.DraftHead` replaces it: CORAL's routed head (``coral-router``,
 each tree node picks its own groups; |∪ selected groups| per forward goes into
 ``DraftTree.head_union``) or FR-Spec's frequency subset (``@vocab=V`` on any EAGLE-style drafter).
 Settings ride on the checkpoint argument: ``NAME:CKPT@vocab=V@freq=STORE@router_k=K@score=S``
-(``methods.split_argument``).
+(``options.split_argument``).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from coral_bench.run.specs import MethodError, split_argument
+from .options import MethodError, split_argument
 from coral_bench.core.target import Target, TargetOutput
 from coral_bench.core.tree import DraftTree, TreeShape, Verdict, forwards_for_depth
-from .base import DraftContext, DrafterError, DrafterSettings, generator_for
+from coral_bench.core.drafter import DraftContext, DrafterError, DrafterSettings, generator_for
 from .checkpoint import EagleCheckpoint, load_checkpoint
 from .eagle_model import DraftKVCache, EagleConfig, EagleConfigError, EagleModel
 from .draft_heads import DraftHead, HeadLayout, RoutedHead, SubsetHead
@@ -52,7 +52,7 @@ class EagleInfo:
 
     def record(self) -> dict[str, Any]:
         """What a run's results say about these weights: where from, their hash, how they were trained."""
-        from coral_bench.run.provenance import portable_path
+        from coral_bench.paths import portable_path
 
         head = {k: v for k, v in self.head.items() if k != "counts" and not isinstance(v, (list, dict))}
         return {"checkpoint": portable_path(self.checkpoint) if self.checkpoint else None,
@@ -87,7 +87,7 @@ def training_summary(metadata: dict[str, Any]) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class Candidates:
-    """Every scored draft candidate of one EAGLE-2 tree, stored level by level (METHODS.md §3).
+    """Every scored draft candidate of one EAGLE-2 tree, stored level by level (docs/methods.md §3).
 
     A parent is always stored before its children, so ties broken by index favour the parent.
     """
@@ -111,7 +111,7 @@ def rerank(cand: Candidates, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     if keep == count:
         chosen = torch.arange(count, device=cand.scores.device)
     else:
-        # A stable descending sort keeps equal scores in index order: parents win ties (METHODS.md §3).
+        # A stable descending sort keeps equal scores in index order: parents win ties (docs/methods.md §3).
         order = torch.sort(cand.scores, descending=True, stable=True).indices
         chosen = torch.sort(order[:keep]).values  # [M] ascending = topological
     par = cand.parents[chosen]  # [M] candidate index, -1 = root
@@ -130,7 +130,7 @@ def _top_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 
 
 class EagleDrafter:
-    """EAGLE-style drafter over a target's frozen embedding and LM head (METHODS.md §2, §3)."""
+    """EAGLE-style drafter over a target's frozen embedding and LM head (docs/methods.md §2, §3)."""
 
     def __init__(
         self,
@@ -225,7 +225,7 @@ class EagleDrafter:
         return top.logprobs, top.tokens
 
     def _build_tree(self, root: int, last_hidden: torch.Tensor) -> DraftTree:
-        """EAGLE-2 (METHODS.md §3); a chain is top-1 at every step."""
+        """EAGLE-2 (docs/methods.md §3); a chain is top-1 at every step."""
         shape: TreeShape = self.settings.tree
         chain = shape.kind == "chain"
         vocab = self.target.vocab_size
@@ -248,7 +248,7 @@ class EagleDrafter:
         try:
             for i in range(1, expansions + 1):
                 # Expansion i: the frontier sits at position cache_len + i − 1 and sees the cache,
-                # its ancestor in each earlier frontier, and itself (METHODS.md §2).
+                # its ancestor in each earlier frontier, and itself (docs/methods.md §2).
                 tree_part = torch.cat((ancestors, eye), dim=1)  # [k, k·i]
                 mask = torch.ones(k, base_len + k * i, dtype=torch.bool, device=device)
                 mask[:, base_len:] = tree_part
@@ -294,7 +294,7 @@ def build_eagle(target: Target, settings: DrafterSettings) -> EagleDrafter:
     ``settings.embedding``: ``"target"`` (default) or ``"checkpoint"`` — whose token embedding to use
     when the checkpoint carries a copy (validated to be the same up to dtype rounding).
 
-    Head settings folded into the checkpoint argument (``methods.split_argument``): ``@vocab=V`` drafts
+    Head settings folded into the checkpoint argument (``options.split_argument``): ``@vocab=V`` drafts
     from the V most frequent training tokens only (FR-Spec), ranked by the checkpoint's ``vocab.counts``
     (written by ``train-router``) or by ``@freq=STORE`` (a feature store's loss tokens).
     """
@@ -302,7 +302,7 @@ def build_eagle(target: Target, settings: DrafterSettings) -> EagleDrafter:
 
 
 def build_routed(target: Target, settings: DrafterSettings) -> EagleDrafter:
-    """``coral-router``: a ``train-router`` checkpoint with its LM-head router in use (METHODS.md §6).
+    """``coral-router``: a ``train-router`` checkpoint with its LM-head router in use (docs/methods.md §6).
     ``@router_k=K`` (default: the checkpoint's) and ``@score=renorm|calibrated`` override its settings."""
     return _build(target, settings, routed=True)
 

@@ -1,8 +1,8 @@
 """The EAGLE-style drafter network: fc over (embedding, feature), one decoder layer, no final norm.
 
-coral-bench's own small module rather than an HF decoder layer (METHODS.md §2): attention takes
+coral-bench's own small module rather than an HF decoder layer (docs/methods.md §2): attention takes
 explicit RoPE positions, an explicit set of earlier keys/values and an explicit mask, which is what
-multi-step training (METHODS.md §5, HASS) needs, and it keeps the drafter away from transformers
+multi-step training (docs/methods.md §5, HASS) needs, and it keeps the drafter away from transformers
 API changes. The module owns neither the token embedding nor the LM head: the drafter uses the
 target's frozen ones.
 
@@ -33,7 +33,7 @@ class EagleConfig:
     """Shape of an EAGLE-style drafter; read from a Llama/Qwen2-style config dict.
 
     ``rope_scaling`` is None for plain RoPE, else a dict with ``rope_type`` ("linear" or "llama3")
-    and its parameters. ``fc_bias`` follows METHODS.md §2: fc has a bias unless the config says
+    and its parameters. ``fc_bias`` follows docs/methods.md §2: fc has a bias unless the config says
     ``"bias": false``. ``qkv_bias`` gives q/k/v (never o) projections biases.
     """
 
@@ -89,7 +89,7 @@ class EagleConfig:
         if cfg.get("mlp_bias"):
             raise EagleConfigError("mlp_bias is not supported (EAGLE drafters have no MLP biases)")
         fields["rope_theta"], fields["rope_scaling"] = _read_rope(cfg)
-        # METHODS.md §2: fc has a bias unless the config says "bias": false.
+        # docs/methods.md §2: fc has a bias unless the config says "bias": false.
         fields["fc_bias"] = bool(cfg.get("bias", True))
         # Declared flags win; Qwen2 declares neither and always has q/k/v biases.
         if "qkv_bias" in cfg:
@@ -222,7 +222,7 @@ class DraftKVCache:
 
     Appending writes into preallocated storage (doubling when full), so a forward never copies the
     whole cache; ``truncate`` only moves the length back (tree entries are dropped after proposing,
-    METHODS.md §2).
+    docs/methods.md §2).
     """
 
     def __init__(self) -> None:
@@ -343,7 +343,7 @@ class EagleMLP(nn.Module):
 
 
 class EagleDecoderLayer(nn.Module):
-    """A Llama decoder layer without ``input_layernorm`` (METHODS.md §2); keeps the post-attention norm."""
+    """A Llama decoder layer without ``input_layernorm`` (docs/methods.md §2); keeps the post-attention norm."""
 
     def __init__(self, config: EagleConfig):
         super().__init__()
@@ -367,7 +367,7 @@ class EagleOutput:
 
 
 class EagleModel(nn.Module):
-    """fc(concat(embed(x_{s+1}), f_s)) → one decoder layer → f̂_{s+1} (METHODS.md §2)."""
+    """fc(concat(embed(x_{s+1}), f_s)) → one decoder layer → f̂_{s+1} (docs/methods.md §2)."""
 
     def __init__(self, config: EagleConfig):
         super().__init__()
@@ -406,7 +406,7 @@ class EagleModel(nn.Module):
         if cache is not None and past is not None:
             raise ValueError("give either past or cache, not both")
         cos, sin = self.rope(positions, emb.dtype)
-        x = self.fc(torch.cat((emb, feat), dim=-1))  # embedding first, feature second (METHODS.md §2)
+        x = self.fc(torch.cat((emb, feat), dim=-1))  # embedding first, feature second (docs/methods.md §2)
         x, kv = self.layers[0](x, cos, sin, past, attn_mask, cache, last_only)
         return EagleOutput(hidden=x, kv=kv)
 

@@ -29,7 +29,7 @@ import torch
 
 from coral_bench.core.target import Target, TargetError, TargetOutput
 from coral_bench.core.tree import DraftTree, Verdict
-from .base import DraftContext, DrafterError, DrafterSettings
+from coral_bench.core.drafter import DraftContext, DrafterError, DrafterSettings
 
 
 def default_layers(num_layers: int) -> int:

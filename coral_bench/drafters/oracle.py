@@ -22,7 +22,7 @@ import torch
 
 from coral_bench.core.target import Target, TargetOutput
 from coral_bench.core.tree import DraftTree, Verdict
-from .base import DraftContext, DrafterError, DrafterSettings, generator_for
+from coral_bench.core.drafter import DraftContext, DrafterError, DrafterSettings, generator_for
 
 
 class _ReferenceCursor:

@@ -11,7 +11,7 @@ import torch
 
 from coral_bench.core.target import Target, TargetOutput
 from coral_bench.core.tree import DraftTree, Verdict
-from .base import DraftContext, DrafterSettings
+from coral_bench.core.drafter import DraftContext, DrafterSettings
 
 MAX_NGRAM = 3
 MIN_NGRAM = 1

@@ -1,4 +1,4 @@
-"""CORAL's LM-head router (METHODS.md §6): Linear(H→h)·SiLU·Linear(h→N) over a drafter output
+"""CORAL's LM-head router (docs/methods.md §6): Linear(H→h)·SiLU·Linear(h→N) over a drafter output
 feature, scoring the N groups of a :class:`~coral_bench.drafters.vocab_grouping.VocabGrouping`; and
 its checkpoint form — the tensors beside the EAGLE keys and the config's ``coral_bench.router``
 section. How the scores are used: :mod:`coral_bench.drafters.draft_heads`.
@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DrafterError
+from coral_bench.core.drafter import DrafterError
 from .vocab_grouping import COUNTS_KEY, G2T_KEY, STARTS_KEY, VocabGrouping
 
 SCORES = ("renorm", "calibrated")
-ROUTER_WIDTH = 256  # h, METHODS.md §6 default
+ROUTER_WIDTH = 256  # h, docs/methods.md §6 default
 ROUTER_FORMAT = 1
 PREFIX = "router."  # checkpoint keys of the router module and the grouping
 

@@ -11,8 +11,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from coral_bench.run.specs import MethodError, join_argument, split_argument
-from .base import DrafterError, DrafterSettings
+from .options import MethodError, join_argument, split_argument
+from coral_bench.core.drafter import DrafterError, DrafterSettings
 
 ASSETS_ENV = "CORAL_BENCH_ASSETS"  # another assets folder (tests)
 

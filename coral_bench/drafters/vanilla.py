@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from coral_bench.core.target import Target, TargetOutput
 from coral_bench.core.tree import DraftTree, Verdict
-from .base import DraftContext, DrafterSettings
+from coral_bench.core.drafter import DraftContext, DrafterSettings
 
 
 class VanillaDrafter:

@@ -1,4 +1,4 @@
-"""Partitions of the vocabulary into N groups for CORAL's routed LM head (METHODS.md §6).
+"""Partitions of the vocabulary into N groups for CORAL's routed LM head (docs/methods.md §6).
 
 A :class:`VocabGrouping` lists every token id once, group by group, so that each group is one
 contiguous block of rows of the head once the head is laid out in group order
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import DrafterError
+from coral_bench.core.drafter import DrafterError
 
 PARTITIONS = ("contiguous", "frequency", "cluster")
 G2T_KEY = "router.g2t"  # [V] int64: token ids in head-layout order, group by group

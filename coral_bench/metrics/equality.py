@@ -1,4 +1,4 @@
-"""Greedy (T = 0) output equality with vanilla, tie-aware (METHODS.md §4).
+"""Greedy (T = 0) output equality with vanilla, tie-aware (docs/methods.md §4).
 
 Pure Python (never runs a model): the caller measures vanilla's top-2 logit margin where outputs
 first differ, and this module decides whether each difference is a numerical tie or a mismatch.
@@ -48,7 +48,7 @@ class Divergence:
 
 @dataclass(frozen=True)
 class Equality:
-    """Greedy (T = 0) output equality with vanilla, tie-aware (METHODS.md §4).
+    """Greedy (T = 0) output equality with vanilla, tie-aware (docs/methods.md §4).
 
     A differing sample is a numerical **tie** when vanilla's top-2 margin at the first divergent
     position is known and below ``tie_threshold``; it **follows a tie** when its prompt already
@@ -87,7 +87,7 @@ def equality(
     tie_bounds: Mapping[tuple[str, int], float] | None = None,
     different_context: Collection[tuple[str, int]] = (),
 ) -> Equality:
-    """Compare outputs of samples paired by (question_id, turn) (METHODS.md §4).
+    """Compare outputs of samples paired by (question_id, turn) (docs/methods.md §4).
 
     ``tie_margins[(question_id, turn)]`` is vanilla's top-2 logit margin at the first divergent
     position, measured by the caller (this module never runs a model); a missing key or None means

@@ -7,7 +7,7 @@ loads a model, so it runs in seconds anywhere. Modules:
 - ``blocks``: text / table / figure values and their Markdown and HTML forms;
 - ``figures``: matplotlib figures as deterministic SVG;
 - ``overview``, ``measured``, ``model``: one pure function per report section;
-- ``published``: the published reference numbers of METHODS.md §9;
+- ``published``: the published reference numbers of docs/methods.md §9;
 - ``document``: section order, the two output formats, writing the files;
 - ``manifest``: the committed reports as data (reports/reports.toml) and re-rendering them.
 """

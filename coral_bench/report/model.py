@@ -1,4 +1,4 @@
-"""Report sections fed by the speedup model and the profile pass (METHODS.md §6–7).
+"""Report sections fed by the speedup model and the profile pass (docs/methods.md §6–7).
 
 The fields they read are newer than schema 1's first runs: ``lm_head_share`` /
 ``lm_head_total_share`` and ``speedup_predicted`` per method, ``profile`` at the top of
@@ -56,7 +56,7 @@ def predicted(runs: Sequence[Run], palette: fg.Palette) -> Section | None:
         blocks.append(Figure("predicted", "Predicted vs measured speedup; dashed: the identity line",
                              fg.predicted_figure(points)))
     blocks.append(Text("Predictions take latency terms from the separate profile pass and τ from the run "
-                       "(METHODS.md §7); points on the identity line are predicted exactly.", "note"))
+                       "(docs/methods.md §7); points on the identity line are predicted exactly.", "note"))
     return Section("predicted", "Predicted vs measured speedup", tuple(blocks))
 
 

@@ -108,7 +108,7 @@ def published() -> Section:
     rows = tuple((p.method, p.target, p.suite, p.temperature, p.speedup, p.tau, p.tau_convention, p.hardware,
                   p.source) for p in PUBLISHED)
     return Section("published", "Published reference numbers (GPU, 7–8B targets; not measured here)", (
-        Text("Published GPU numbers for 7–8B targets, from the papers (METHODS.md §9); some come from secondary "
+        Text("Published GPU numbers for 7–8B targets, from the papers (docs/methods.md §9); some come from secondary "
              "sources, marked so. Compare acceptance (τ), not speedups: hardware and engines differ (EAGLE A100, "
              "HASS H800, CORAL A6000). τ conventions differ too: HASS reports τ per question, EAGLE pooled.",
              "note"),

@@ -1,4 +1,4 @@
-"""Published reference numbers (METHODS.md §9): GPU, 7–8B targets, not measured by coral-bench.
+"""Published reference numbers (docs/methods.md §9): GPU, 7–8B targets, not measured by coral-bench.
 
 Kept as data so that the report can show them beside, never mixed with, this machine's numbers.
 Compare acceptance (τ) across implementations, not speedups: hardware and engines differ.

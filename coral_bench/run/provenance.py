@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from coral_bench import CHECKOUT_ROOT
 import datetime as dt
 import os
 import platform
 import subprocess
 from importlib import metadata
-from pathlib import Path
 
 import torch
 import transformers
 
+from coral_bench.paths import CHECKOUT_ROOT
 from coral_bench.run.chat import template_hash
 from coral_bench.core.clock import is_busy
 from coral_bench.run.targets import LoadedTarget
@@ -37,18 +36,6 @@ def git_hash() -> str | None:
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def portable_path(path: str | Path) -> str:
-    """``path`` as recorded in results: relative to the checkout when inside it (shipped assets),
-    else with the home folder written ``~``, so records name no machine-specific prefix."""
-    resolved = Path(path).expanduser().resolve()
-    root = CHECKOUT_ROOT
-    for base, shown in ((root, None), (Path.home().resolve(), "~")):
-        if resolved.is_relative_to(base):
-            rel = resolved.relative_to(base).as_posix()
-            return rel if shown is None else f"{shown}/{rel}"
-    return str(resolved)
 
 
 def coral_bench_version() -> str:

@@ -1,6 +1,6 @@
 """Runs a suite: vanilla, each drafter and each peer over the same prompts, interleaved per question.
 
-Same process, same target object, same clock and stopping rule for every method (DESIGN.md §7).
+Same process, same target object, same clock and stopping rule for every method (docs/design.md §7).
 Every finished (method, question, turn) is appended to ``samples.jsonl`` at once, so an interrupted
 run resumes where it stopped; ``results.json`` is rebuilt from the samples at the end.
 """
@@ -8,7 +8,6 @@ run resumes where it stopped; ``results.json`` is rebuilt from the samples at th
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,15 +16,17 @@ from typing import Any, Callable, Mapping
 import torch
 
 from coral_bench.rundir import layout as rd
-from coral_bench.run.chat import render
+from coral_bench.rundir.layout import VANILLA
+from coral_bench.rundir.recorded import read_config
+from coral_bench.run.chat import answer_text, turn_prompt
 from coral_bench.core.clock import Clock, is_busy, load_average
 from coral_bench.core.decode import Generation, generate
-from coral_bench.drafters.base import Drafter, DrafterSettings, generator_for
+from coral_bench.core.drafter import Drafter, DrafterSettings, generator_for
 from coral_bench.drafters.eagle import EagleInfo
-from coral_bench.drafters.registry import DRAFTERS, build_drafter
+from coral_bench.drafters.registry import build_drafter, drafter_entry, tree_for
 from coral_bench.metrics.equality import equality, first_divergence
 from coral_bench.run.targets import LoadedTarget, load_target
-from coral_bench.run.specs import DrafterSpec, MethodError, PeerSpec, check_unique
+from coral_bench.run.specs import ChosenTree, DrafterSpec, MethodError, PeerSpec, check_unique
 from coral_bench.run.peers import HF_VANILLA, PEERS, HfPeer, PeerError, PeerFailure, build_peer
 from coral_bench.run.provenance import provenance, session_event
 from coral_bench.core.reference import GreedyReference
@@ -34,10 +35,8 @@ from coral_bench.core.sampling import SamplingConfig
 from coral_bench.metrics.stats import compare, summarize
 from coral_bench.run.suites import Question, Suite, limit, load_suite
 from coral_bench.core.tree import TreeShape
-from coral_bench.costmodel.tree_search import AutoSettings, TreeChoice, auto_tree
 
-VANILLA = "vanilla"
-# Below this top-2 logit margin a greedy divergence is a numerical tie, not a bug (METHODS.md §4).
+# Below this top-2 logit margin a greedy divergence is a numerical tie, not a bug (docs/methods.md §4).
 TIE_THRESHOLD = {"float64": 1e-9, "float32": 1e-4, "bfloat16": 1e-2, "float16": 1e-2}
 
 
@@ -62,7 +61,8 @@ class RunConfig:
     threads: int | None = None
     warmup_tokens: int = 16
     require_idle: bool = False
-    tree_auto: AutoSettings | None = None  # --tree auto: EAGLE-style drafters' trees from the cost model
+    # --tree auto: the chooser's settings as recorded; the trees come from run_suite's choose_trees
+    tree_auto: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,18 @@ class Method:
     weights: Mapping[str, Any] | None = None  # trained drafters: checkpoint, sha256, training method
 
 
+# --tree auto: (loaded target, clock, suite) → the tree of each tunable drafter without its own @tree. The
+# command line passes the cost model's chooser (costmodel/tree_search.py); the runner never imports it.
+TreeChooser = Callable[[LoadedTarget, Clock, Suite], Mapping[str, ChosenTree]]
+
+
 def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str = "",
-              progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """Run (or resume) ``config`` into the run directory ``out``; returns the results dict."""
+              progress: Callable[[int, int, str], None] | None = None,
+              choose_trees: TreeChooser | None = None) -> dict:
+    """Run (or resume) ``config`` into the run directory ``out``; returns the results dict.
+
+    With ``config.tree_auto`` the trees come from ``choose_trees``, called once the target is loaded;
+    a resumed run keeps the trees its config.json recorded."""
     suite = load_suite(config.suite)
     if config.limit is not None:
         suite = limit(suite, config.limit)
@@ -93,7 +102,7 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     loaded = load_target(config.target, config.dtype, config.device)
     max_new = config.max_new_tokens or suite.max_new_tokens
     clock = Clock(loaded.target.model.device)
-    choices = _auto_trees(config, loaded, clock, out, resume, suite)
+    choices = _chosen_trees(config, loaded, clock, out, resume, suite, choose_trees)
     methods = _methods(config, loaded, clock, choices)
     config_json = _config_json(config, suite, loaded, max_new, threads, methods, command, choices)
     rd.create_run_dir(out, config_json, resume)
@@ -106,7 +115,7 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     total = len(methods) * sum(len(q.turns) for q in suite.questions)
     done = 0
     try:
-        for question in suite.questions:  # methods interleaved per question (DESIGN.md §7)
+        for question in suite.questions:  # methods interleaved per question (docs/design.md §7)
             for method in methods:
                 answers: list[str] = []
                 for turn in range(len(question.turns)):
@@ -124,7 +133,7 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
                             log.append(record, gen.cycles)
                             finished[key] = record
                     if record is not None:
-                        answers.append(_answer_text(record))
+                        answers.append(answer_text(record))
                     done += 1
                     if progress:
                         progress(done, total, method.label)
@@ -138,27 +147,20 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     return results
 
 
-def _auto_trees(config: RunConfig, loaded: LoadedTarget, clock: Clock, out: Path, resume: bool,
-                suite: Suite) -> dict[str, TreeChoice]:
-    """--tree auto: the tree of each EAGLE-style drafter without its own @tree (``tree_auto``); a resumed run
-    keeps the choices its config.json recorded."""
+def _chosen_trees(config: RunConfig, loaded: LoadedTarget, clock: Clock, out: Path, resume: bool, suite: Suite,
+                  choose_trees: TreeChooser | None) -> Mapping[str, ChosenTree]:
     if config.tree_auto is None:
         return {}
-    from coral_bench.costmodel.profile import is_eagle
-
     if resume and (out / rd.CONFIG).exists():
-        recorded = (json.loads((out / rd.CONFIG).read_text()).get("tree_auto") or {}).get("drafters", {})
-        return {label: TreeChoice.from_json(label, data) for label, data in recorded.items()}
-    choices = {}
-    for spec in config.drafters:
-        if spec.tree is None and is_eagle(spec.name):
-            choices[spec.label] = auto_tree(loaded, spec, config.tree_auto, clock, config.sampling.seed,
-                                            run_suite=suite.name)
-    return choices
+        recorded = read_config(out).tree_auto_drafters
+        return {label: ChosenTree.from_record(data) for label, data in recorded.items()}
+    if choose_trees is None:
+        raise ValueError("--tree auto needs a tree chooser (the command line passes the cost model's)")
+    return choose_trees(loaded, clock, suite)
 
 
 def _methods(config: RunConfig, loaded: LoadedTarget, clock: Clock,
-             choices: Mapping[str, TreeChoice] | None = None) -> list[Method]:
+             choices: Mapping[str, ChosenTree] | None = None) -> list[Method]:
     target = loaded.target
     choices = choices or {}
     methods = [_drafted(VANILLA, "baseline", DrafterSpec(VANILLA, VANILLA, None, None), config, target, clock)]
@@ -201,11 +203,9 @@ def _peer_run(peer: HfPeer, target, sampling: SamplingConfig, clock: Clock) -> C
 
 def _drafted(label: str, kind: str, spec: DrafterSpec, config: RunConfig, target, clock: Clock,
              chosen: TreeShape | None = None) -> Method:
-    entry = DRAFTERS.get(spec.name)
-    tree = (spec.tree or chosen or (config.tree if kind == "drafter" else None)
-            or (entry.default_tree if entry else None))
-    settings = DrafterSettings(name=spec.name, tree=tree or TreeShape("chain", 1), checkpoint=spec.checkpoint,
-                               seed=config.sampling.seed)
+    entry = drafter_entry(spec.name)
+    tree = tree_for(spec.name, spec.tree, chosen, config.tree if kind == "drafter" else None)
+    settings = DrafterSettings(name=spec.name, tree=tree, checkpoint=spec.checkpoint, seed=config.sampling.seed)
     drafter: Drafter = build_drafter(target, settings)
 
     def run(prompt: list[int], max_new: int, seed: int, reference: GreedyReference | None) -> Generation:
@@ -214,7 +214,7 @@ def _drafted(label: str, kind: str, spec: DrafterSpec, config: RunConfig, target
 
     info = getattr(drafter, "info", None)  # EAGLE-style drafters say where their weights came from
     return Method(label, kind, run, tree if kind != "baseline" else None, drafter.parameter_count(),
-                  needs_reference=spec.name in ("oracle", "noisy-oracle"),
+                  needs_reference=entry.needs_reference,
                   weights=info.record() if isinstance(info, EagleInfo) else None)
 
 
@@ -224,13 +224,9 @@ def _sample_seed(seed: int, key: tuple[str, str, int]) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def _answer_text(record: SampleRecord) -> str:
-    return record.output_text.strip()
-
-
 def _run_turn(method: Method, question: Question, turn: int, answers: list[str], loaded: LoadedTarget,
               suite: Suite, max_new: int, sampling: SamplingConfig, finished: dict):
-    prompt = render(loaded.tokenizer, list(question.turns[: turn + 1]), answers, suite.system_prompt)
+    prompt = turn_prompt(loaded.tokenizer, suite, question, turn, answers)
     key = (method.label, question.question_id, turn)
     reference = _reference(prompt, question, turn, loaded, suite, finished) if method.needs_reference else None
     gen = method.run(prompt, max_new, _sample_seed(sampling.seed, key), reference)
@@ -248,8 +244,8 @@ def _vanilla_prompt(question: Question, turn: int, loaded: LoadedTarget, suite: 
         rec = finished.get((VANILLA, question.question_id, t))
         if rec is None:
             return None
-        answers.append(_answer_text(rec))
-    return render(loaded.tokenizer, list(question.turns[: turn + 1]), answers, suite.system_prompt)
+        answers.append(answer_text(rec))
+    return turn_prompt(loaded.tokenizer, suite, question, turn, answers)
 
 
 def _reference(prompt: list[int], question: Question, turn: int, loaded: LoadedTarget, suite: Suite,
@@ -266,7 +262,7 @@ def _warm_up(methods: list[Method], loaded: LoadedTarget, suite: Suite, max_new:
     """Untimed: the first calls of a model pay for allocations and kernel selection. Returns the peers
     that raised (they are not run again); any other method raising is a bug and propagates."""
     question = suite.questions[0]
-    prompt = render(loaded.tokenizer, [question.turns[0]], [], suite.system_prompt)
+    prompt = turn_prompt(loaded.tokenizer, suite, question, 0, [])
     failures: dict[str, PeerFailure] = {}
     for method in methods:
         reference = GreedyReference(loaded.target) if method.needs_reference else None
@@ -284,7 +280,7 @@ def _tie_margins(method: str, samples: dict, loaded: LoadedTarget, suite_questio
     """Vanilla's top-2 logit margin at the first divergent position of each differing sample, and a
     per-sample tie bound of two units in the last place of the top logit in the working dtype: logits
     from a bf16 LM head are rounded to that grid, and a tree forward may round them differently
-    from a one-row step (METHODS.md §4)."""
+    from a one-row step (docs/methods.md §4)."""
     margins, bounds, different_context = {}, {}, set()
     for (label, qid, turn), rec in samples.items():
         if label != method:
@@ -293,8 +289,8 @@ def _tie_margins(method: str, samples: dict, loaded: LoadedTarget, suite_questio
         if van is None or van.output_ids == rec.output_ids:
             continue
         question = suite_questions[qid]
-        prompt = render(loaded.tokenizer, list(question.turns[: turn + 1]),
-                        [_answer_text(samples[(method, qid, t)]) for t in range(turn)], suite.system_prompt)
+        prompt = turn_prompt(loaded.tokenizer, suite, question, turn,
+                             [answer_text(samples[(method, qid, t)]) for t in range(turn)])
         if prompt != _vanilla_prompt(question, turn, loaded, suite, samples):
             different_context.add((qid, turn))  # an earlier turn diverged: the contexts differ
             continue
@@ -368,7 +364,7 @@ def _acceptance_not_available(entry: dict) -> None:
 
 
 def _config_json(config: RunConfig, suite: Suite, loaded: LoadedTarget, max_new: int, threads: int,
-                 methods: list[Method], command: str, choices: Mapping[str, TreeChoice] | None = None) -> dict:
+                 methods: list[Method], command: str, choices: Mapping[str, ChosenTree] | None = None) -> dict:
     return {
         "suite": suite.name,
         "suite_source": suite.source,
@@ -388,8 +384,8 @@ def _config_json(config: RunConfig, suite: Suite, loaded: LoadedTarget, max_new:
         "drafters": [asdict(d) | {"tree": d.tree.describe() if d.tree else None} for d in config.drafters],
         "command": command,
         "tree_auto": None if config.tree_auto is None else {
-            "settings": config.tree_auto.to_json(),
-            "drafters": {label: c.to_json() for label, c in (choices or {}).items()},
+            "settings": dict(config.tree_auto),
+            "drafters": {label: dict(c.record) for label, c in (choices or {}).items()},
             "untuned": "vanilla takes no tree; prompt-lookup, oracles and early-exit keep their default trees; "
                        "a drafter's own @tree wins"},
     }

@@ -1,46 +1,17 @@
 """Parsing ``--drafter [LABEL=]NAME[:CHECKPOINT][@tree=SHAPE][@KEY=VALUE]...`` and ``--peer NAME[:ARG]`` into values.
 
-Drafter settings other than the tree (``DRAFTER_OPTIONS``: the draft head of EAGLE-style drafters,
-METHODS.md §6) travel with the checkpoint argument, folded as ``CHECKPOINT@key=value…`` in a fixed
-order: every consumer (run, replay, profile, the run's config.json) already carries that argument to
-the drafter factory, which unfolds it with :func:`split_argument`.
+The drafter options themselves (their names and how they fold into the checkpoint argument) belong
+to the drafters: ``coral_bench/drafters/options.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 from coral_bench.core.tree import TreeShape
-
-
-class MethodError(ValueError):
-    """A malformed or duplicate --drafter / --peer."""
-
-
-# @vocab=V: FR-Spec frequency subset of V tokens; @freq=STORE: count frequencies in a feature store;
-# @router_k=K: groups per node of a routed drafter; @score=renorm|calibrated: routed draft scores.
-DRAFTER_OPTIONS = ("vocab", "freq", "router_k", "score")
-_SYNTAX = "[LABEL=]NAME[:CHECKPOINT][@tree=SHAPE][@vocab=V][@freq=STORE][@router_k=K][@score=renorm|calibrated]"
-
-
-def join_argument(checkpoint: str | None, options: dict[str, str]) -> str | None:
-    """CHECKPOINT followed by ``@key=value`` for each option, in ``DRAFTER_OPTIONS`` order."""
-    tail = "".join(f"@{k}={options[k]}" for k in DRAFTER_OPTIONS if k in options)
-    return ((checkpoint or "") + tail) or None
-
-
-def split_argument(argument: str | None) -> tuple[str | None, dict[str, str]]:
-    """The inverse of :func:`join_argument`: (checkpoint or None, options)."""
-    if not argument:
-        return None, {}
-    checkpoint, *parts = argument.split("@")
-    options: dict[str, str] = {}
-    for part in parts:
-        key, eq, value = part.partition("=")
-        if not eq or not value or key not in DRAFTER_OPTIONS or key in options:
-            raise MethodError(f"bad drafter setting {'@' + part!r} in {argument!r}: use {_SYNTAX}")
-        options[key] = value
-    return checkpoint or None, options
+# MethodError, join_argument and split_argument are re-exported: callers parse specs and unfold them here
+from coral_bench.drafters.options import DRAFTER_OPTIONS, DRAFTER_SYNTAX, MethodError, join_argument, split_argument  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -58,20 +29,32 @@ class DrafterSpec:
         for part in settings:
             key, eq, value = part.partition("=")
             if not eq or not value:
-                raise MethodError(f"bad drafter {text!r}: {'@' + part!r} is not KEY=VALUE; use {_SYNTAX}")
+                raise MethodError(f"bad drafter {text!r}: {'@' + part!r} is not KEY=VALUE; use {DRAFTER_SYNTAX}")
             if key == "tree" and tree is None:
                 tree = TreeShape.parse(value)
             elif key in DRAFTER_OPTIONS and key not in options:
                 options[key] = value
             else:
-                raise MethodError(f"bad drafter {text!r}: @{key}= is unknown or repeated; use {_SYNTAX}")
+                raise MethodError(f"bad drafter {text!r}: @{key}= is unknown or repeated; use {DRAFTER_SYNTAX}")
         label, eq, rest = body.partition("=")
         if not eq:
             label, rest = "", body
         name, _, checkpoint = rest.partition(":")
         if not name:
-            raise MethodError(f"bad drafter {text!r}: use {_SYNTAX}")
+            raise MethodError(f"bad drafter {text!r}: use {DRAFTER_SYNTAX}")
         return cls(label or name, name, join_argument(checkpoint or None, options), tree)
+
+
+@dataclass(frozen=True)
+class ChosenTree:
+    """A drafter's tree chosen before the run (``--tree auto``) and the record of how it was chosen."""
+
+    tree: TreeShape
+    record: Mapping[str, Any]  # config.json's tree_auto.drafters.<label>: {"tree": …, "grid": […], …}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "ChosenTree":
+        return cls(TreeShape.parse(record["tree"]), dict(record))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ are converted here, at load time, so the shipped data files stay byte-identical 
 
 from __future__ import annotations
 
-from coral_bench import PACKAGE_DIR
 import json
 import os
 import tomllib
@@ -15,11 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from coral_bench.paths import PACKAGE_DIR
 
 SUITES_ENV = "CORAL_BENCH_SUITES"  # overrides the suites/ folder
 DEFAULT_MAX_NEW_TOKENS = 256  # for user question files, which carry no definition
 DEFAULT_CATEGORY = "general"  # FastChat files may omit "category" (Spec-Bench style)
-# EAGLE/HASS build each HumanEval turn as this + the raw prompt, no separator (METHODS.md §8).
+# EAGLE/HASS build each HumanEval turn as this + the raw prompt, no separator (docs/methods.md §8).
 HUMANEVAL_INSTRUCTION = "Complete the code I provided."
 FORMATS = ("fastchat", "humaneval", "gsm8k")
 SPLITS = ("dev", "test")

@@ -32,6 +32,7 @@ CYCLES = "cycles.jsonl"
 RESULTS = "results.json"
 REPLAYS = "replays.json"  # coral-bench replay: τ of other drafter settings along vanilla's output
 SESSIONS = "sessions.jsonl"  # start and end of each invocation (first run, each resume): when, load, samples
+VANILLA = "vanilla"  # the baseline's result key in every run (it runs the drafter of the same name)
 # Test-only fault injection: crash in the middle of writing the N-th sample line (resume test).
 CRASH_MID_LINE_ENV = "CORAL_BENCH_TEST_CRASH_MID_LINE"
 

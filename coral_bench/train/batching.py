@@ -1,6 +1,6 @@
 """Training batches over a feature store: length-bucketed plans, per-process shards, padded tensors.
 
-Slots (METHODS.md §5). A stored sequence x_0…x_{L−1} with post-norm target features f_0…f_{L−1} gives
+Slots (docs/methods.md §5). A stored sequence x_0…x_{L−1} with post-norm target features f_0…f_{L−1} gives
 drafter slots t = 0…L−2: input (embed(x_{t+1}), f_t), label f_{t+1} (and the target distribution
 softmax(lm_head(f_{t+1})) recomputed from it). Slot t is in the loss when the token it predicts,
 x_{t+2}, is a response token (``loss_mask[t + 2]``); the last slot has no x_{t+2} and never is.

@@ -1,6 +1,6 @@
 """Training data from the target: prompts → responses → (ids, features, loss mask) in a feature store.
 
-Self-distillation (METHODS.md §5): the target answers each training prompt itself, rendered with its
+Self-distillation (docs/methods.md §5): the target answers each training prompt itself, rendered with its
 chat template exactly as in evaluation (``chat.render``, template's default system prompt unless the
 record has its own), greedy by default. Prompts are batched with LEFT padding and an explicit
 attention mask, and transformers' ``generate`` returns the post-norm last-layer features of every

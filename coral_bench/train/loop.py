@@ -1,4 +1,4 @@
-"""Drafter training for EAGLE-2, HASS and CORAL (METHODS.md §5): the unroll, the optimiser, resumable
+"""Drafter training for EAGLE-2, HASS and CORAL (docs/methods.md §5): the unroll, the optimiser, resumable
 checkpoints, held-out metrics, and data-parallel training with Hugging Face Accelerate (DDP).
 
 One optimizer step = one global batch (``batching.plan_epoch``): every process runs its shard

@@ -1,4 +1,4 @@
-"""Training losses (METHODS.md §5): one signature, one registry.
+"""Training losses (docs/methods.md §5): one signature, one registry.
 
 Every loss is ``fn(inputs: LossInputs, settings: LossSettings) -> tuple[LossPart, ...]``. A part is a
 *sum* over this process's slots and the *count* it is normalised by; :func:`combine` all-reduces the
@@ -234,7 +234,7 @@ def csra_pairs(steps: int, anchor: str) -> tuple[tuple[int, int], ...]:
 
 
 def csra_loss(inputs: LossInputs, settings: LossSettings) -> tuple[LossPart, ...]:
-    """CORAL's Cross-Step Representation Alignment (METHODS.md §5).
+    """CORAL's Cross-Step Representation Alignment (docs/methods.md §5).
 
     For a pair (a, b): anchors F_a[i], positive F_b[i], candidates F_b[k] over the pair's valid slots
     (both steps valid and t ≥ max(a, b) − 1) of the same sequence, or of the whole global batch with

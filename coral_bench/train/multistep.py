@@ -1,4 +1,4 @@
-"""The masked multi-step training forward (HASS "harmonized context alignment", METHODS.md §5).
+"""The masked multi-step training forward (HASS "harmonized context alignment", docs/methods.md §5).
 
 With G^{(j)}_t the drafter's step-j output at slot t (a prediction of f_{t+1}):
 

@@ -8,7 +8,7 @@
 - a path: ``.jsonl`` with one FastChat question (``turns``) or one ShareGPT-style conversation
   (``conversations`` or ``messages``) per line, or a ``.json`` array of ShareGPT records.
 
-Conversations are parsed leniently (METHODS.md §5 "truncate on turn boundaries"): roles map
+Conversations are parsed leniently (docs/methods.md §5 "truncate on turn boundaries"): roles map
 human/user → user and gpt/chatgpt/assistant → assistant; a system message is kept only when it comes
 first; leading assistant messages are dropped so that the conversation starts at a user turn; the
 conversation is cut at the first message that breaks user/assistant alternation, has another role,

@@ -1,4 +1,4 @@
-"""Stage 2 of CORAL's LM-head router (METHODS.md §6): freeze a trained drafter, train only the router.
+"""Stage 2 of CORAL's LM-head router (docs/methods.md §6): freeze a trained drafter, train only the router.
 
 The stage-1 drafter (any EAGLE-format checkpoint) is unrolled over the feature store exactly as in
 multi-step training (``MultiStepDrafter``: depth j ≥ 2 features are the drafter's own predictions, as

@@ -1,6 +1,6 @@
 """The training-feature store: token ids, target post-norm features and loss masks, in shards.
 
-Only ids, features and masks are stored (METHODS.md §5): the target distribution at any position is
+Only ids, features and masks are stored (docs/methods.md §5): the target distribution at any position is
 ``softmax(lm_head(f))``, recomputed exactly from the cached feature, so it is never stored.
 
 Layout of a store directory (format ``coral-bench-features``, version 1)::

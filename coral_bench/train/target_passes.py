@@ -94,7 +94,7 @@ def generate_batch(target: Target, prompts: Seq[Seq[int]], max_new_tokens: int, 
     steps = sequences.shape[1] - width
     feats = None
     if features:
-        # hidden_states[s][-1]: the last layer after the final norm (DESIGN.md §3) for the inputs of
+        # hidden_states[s][-1]: the last layer after the final norm (docs/design.md §3) for the inputs of
         # step s: the whole padded prompt at s = 0, then the token sampled at step s − 1.
         feats = torch.cat([h[-1] for h in out.hidden_states], dim=1)  # [B, width + steps − 1, H]
     results = []

@@ -37,7 +37,7 @@ class DrafterSettings:
     tree: TreeShape
     checkpoint: str | None = None
     seed: int = 0
-    embedding: str = "target"  # EAGLE-style drafters: "target" or "checkpoint" token embedding (METHODS.md §2)
+    embedding: str = "target"  # EAGLE-style drafters: "target" or "checkpoint" token embedding (docs/methods.md §2)
 
 
 class Drafter(Protocol):
