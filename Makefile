@@ -7,7 +7,7 @@ DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 # the trained drafters shipped for the embedded default, in this order
 SHIPPED := $(filter $(notdir $(wildcard coral_bench/assets/smollm2-135m/*)),eagle2 hass coral coral-router)
 
-.PHONY: install demo test benchmark reports check-reports clean
+.PHONY: install demo test benchmark reports check-reports update-golden clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,10 @@ reports: $(STAMP)
 ## Exit non-zero when the committed runs are stale or cannot be checked (see make reports).
 check-reports: $(STAMP)
 	$(BIN)/python -m coral_bench check-stale --manifest reports/reports.toml
+
+## Rewrite the golden report files of tests/test_report.py after an intended change (review the diff).
+update-golden: $(STAMP)
+	$(BIN)/python scripts/update_golden.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -1,8 +1,8 @@
 """`coral-bench report`: golden Markdown, determinism, bad input, future fields, and the HTML in Chromium.
 
 Fixture run directories (tests/fixtures/report/, see its README) are real tiny-random runs; the
-golden files pin report.md for them. Regenerate the golden files after an intended change with
-``CORAL_BENCH_UPDATE_GOLDEN=1 .venv/bin/pytest -q tests/test_report.py``.
+golden files pin report.md for them. The tests only compare; after an intended change rewrite the
+golden files with ``make update-golden`` (scripts/update_golden.py) and review the diff.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ MTBENCH4 = FIXTURES / "mtbench4"  # 4 MT-bench questions (4 categories), 3 draft
 ONE = FIXTURES / "one-question"  # 1 question, 1 drafter (pl2 = prompt-lookup, chain:2)
 NO_DRAFTERS = FIXTURES / "no-drafters"
 GOLDEN = FIXTURES / "golden"
-UPDATE = os.environ.get("CORAL_BENCH_UPDATE_GOLDEN") == "1"
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -143,11 +142,8 @@ def test_corrupt_replays_is_one_clear_error(tmp_path):
 
 def _golden(name: str, text: str) -> None:
     path = GOLDEN / name
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"missing golden file {path}: run with CORAL_BENCH_UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"report.md differs from {path} (CORAL_BENCH_UPDATE_GOLDEN=1 to accept)"
+    assert path.exists(), f"missing golden file {path}: make update-golden"
+    assert text == path.read_text(), f"report.md differs from {path} (an intended change: make update-golden)"
 
 
 @pytest.fixture(scope="module")
