@@ -2,6 +2,7 @@
 and the repository's scripts loaded as modules."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ def load_script(name: str):
     """scripts/NAME.py as a module (the scripts are not a package)."""
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

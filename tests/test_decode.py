@@ -111,3 +111,16 @@ def test_prompt_longer_than_context_is_refused(tokenizer, clock):
     target = Target(tiny_model(max_position_embeddings=64), (2,))
     with pytest.raises(TargetError, match="exceeds the target's context"):
         _run(target, clock, "vanilla", list(range(3, 60)), max_new=10)
+
+
+@pytest.mark.parametrize("tree", ["chain:3", "top_k=3,depth=2,total_tokens=8"])
+def test_early_exit_at_full_depth_accepts_several_tokens_and_equals_vanilla(target64, clock, prompt_ids, tree):
+    """early-exit:N with N = every layer drafts the target's own greedy tokens through the real early-exit
+    code (its own forwards, tree building and cache): multi-token acceptance, and still vanilla's output."""
+    van = _run(target64, clock, "vanilla", prompt_ids)
+    settings = DrafterSettings(name="early-exit", tree=TreeShape.parse(tree), checkpoint=str(target64.num_layers))
+    drafter = build_drafter(target64, settings)
+    spec = generate(target64, drafter, prompt_ids, 40, GREEDY, generator_for(0), clock, reserve=settings.tree.max_nodes)
+    accepted = [c.accepted for c in spec.cycles]
+    assert sum(accepted) / len(accepted) > 1.5  # cannot pass by rejecting every draft
+    assert spec.ids == van.ids and spec.stop_reason == van.stop_reason
