@@ -81,3 +81,24 @@ def test_shipped_drafters_are_recorded_lossless_and_accept(embedded, name):
         runs[drafter_name] = generate(target, drafter, prompt, 32, SamplingConfig(), generator_for(0), clock, reserve=5)
     assert runs[name].ids == runs["vanilla"].ids
     assert len(runs[name].cycles) < len(runs["vanilla"].cycles)  # drafts were accepted
+
+
+def test_the_frequency_subset_head_of_a_shipped_drafter_is_lossless_and_accepts(embedded):
+    """coral with the 6,144-token frequency subset of the router checkpoint (the reference runs' fs6144):
+    the subset head decoded on the real target in float32 reproduces vanilla while accepting drafts."""
+    from coral_bench.drafters.options import join_argument
+
+    target, tok = embedded.target, embedded.tokenizer
+    router = shipped_checkpoint(loading.EMBEDDED, "coral-router")
+    prompt = render(tok, ["Give three tips for learning a new language."], [], None)
+    clock = Clock(torch.device("cpu"))
+    tree = TreeShape.parse("top_k=4,depth=3,total_tokens=12")
+    vanilla = generate(target, build_drafter(target, DrafterSettings("vanilla", TreeShape.parse("chain:1"))),
+                       prompt, 32, SamplingConfig(), generator_for(0), clock, reserve=5)
+    settings = DrafterSettings("coral", tree, checkpoint=join_argument(str(router), {"vocab": "6144"}))
+    drafter = build_drafter(target, settings)
+    assert drafter.info.head["kind"] == "frequency-subset"
+    spec = generate(target, drafter, prompt, 32, SamplingConfig(), generator_for(0), clock, reserve=tree.max_nodes)
+    assert spec.ids == vanilla.ids
+    accepted = [c.accepted for c in spec.cycles]
+    assert sum(accepted) / len(accepted) > 0.5  # τ > 1.5: drafts were accepted, not merely tolerated
