@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
+                          Qwen2ForCausalLM)
 
 SMOLLM2_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -67,7 +68,24 @@ def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides) -
     torch.manual_seed(seed)
     config = tiny_config(**overrides)
     config._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(config)
+    return _randomised(LlamaForCausalLM(config), dtype)
+
+
+def tiny_qwen2_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Qwen2ForCausalLM:
+    """A random tiny Qwen2 (the family of Qwen2.5): the same shape as :func:`tiny_model`, with Qwen2's
+    q/k/v biases; it shares the tiny tokenizer, so tests run both families on the same prompts."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(**tiny_config().to_diff_dict() | {"model_type": "qwen2"})
+    config._attn_implementation = "sdpa"
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):  # zero at init: random, so that they take part in every forward
+                p.normal_(0.0, 0.25)
+    return _randomised(model, dtype)
+
+
+def _randomised(model, dtype: torch.dtype):
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
