@@ -134,8 +134,10 @@ def _check_hash(run: Path, recorded: str | None, root: Path, watched: tuple[str,
     base = recorded[: -len(DIRTY)] if dirty else recorded
     short = base[:7]
     if _git(root, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}").returncode != 0:
-        return Verdict(run, UNKNOWN, f"its commit {base} is not in this repository (another clone, or history "
-                                     "not fetched): cannot tell")
+        shallow = _git(root, "rev-parse", "--is-shallow-repository").stdout.strip() == "true"
+        why = ("this is a shallow clone: `git fetch --unshallow` gives the history to decide with" if shallow
+               else "another clone, or history not fetched")
+        return Verdict(run, UNKNOWN, f"its commit {base} is not in this repository ({why}): cannot tell")
     made = f"made at {short}" + (" with uncommitted changes" if dirty else "")
     changed = changed_files(root, base, watched)
     if changed:
