@@ -78,9 +78,9 @@ def _results(run: Path) -> dict:
     return data
 
 
-def recorded_hashes(run: Path) -> tuple[str | None, ...]:
+def recorded_hashes(run: Path, results: dict | None = None) -> tuple[str | None, ...]:
     """The git hashes a run was made with: the provenance's, then each session's, once each."""
-    provenance = _results(run)["provenance"]
+    provenance = (results or _results(run))["provenance"]
     sessions = provenance.get("sessions")
     found = [provenance.get("git_hash")]
     found += [s.get("git_hash") for s in sessions if isinstance(s, dict)] if isinstance(sessions, list) else []
@@ -104,10 +104,10 @@ def _checks(run: Path, watched: tuple[str, ...]) -> list[tuple[str | None, tuple
     """(hash, files that matter) pairs. A run that timed no drafter (``drafters`` recorded empty: vanilla
     only, for replays) measured no drafter code but vanilla's, so only the loop and ``drafters/vanilla.py``
     matter to it; each stored replay ran its drafter at its own recorded hash, with every watched file."""
-    drafters = _results(run).get("drafters")
-    timed = watched if drafters != {} else tuple(
+    results = _results(run)
+    timed = watched if results.get("drafters") != {} else tuple(
         w for w in watched if not w.startswith(("coral_bench/drafters/", "coral_bench/assets/"))) + VANILLA_CODE
-    pairs = [(h, timed) for h in recorded_hashes(run)]
+    pairs = [(h, timed) for h in recorded_hashes(run, results)]
     pairs += [(h, watched) for h in replay_hashes(run)]
     return pairs
 
