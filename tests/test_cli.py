@@ -34,8 +34,9 @@ def test_run_writes_a_run_directory(tiny_run):
     for name, row in results["drafters"].items():
         assert row["equal_to_vanilla"] == 1.0, name  # float64 tiny model: exact greedy equality
         for key in ("tau_pooled", "tau_per_question", "reach_by_depth", "accept_histogram", "tokens_per_s",
-                    "speedup", "speedup_decode", "speedup_per_prompt", "speedup_ci95", "ties", "cycles"):
+                    "speedup", "speedup_decode", "speedup_per_prompt", "speedup_ci95", "equality", "cycles"):
             assert key in row, (name, key)
+        assert row["equality"]["identical"] == row["pairs"] == 4 and row["equality"]["noise_bound"]["value"] < 1e-12
     assert results["baseline"]["tau_pooled"] == 1.0
     assert results["peers"]["hf-vanilla"]["equal_to_vanilla"] == 1.0
     samples = [SampleRecord.from_json(json.loads(l)) for l in (tiny_run / "samples.jsonl").read_text().splitlines()]

@@ -88,11 +88,13 @@ def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature
 
 
 def _equality(row: dict) -> str:
-    """Identical samples, and in brackets identical or diverging only at numerical ties."""
-    equal, with_ties = row.get("equal_to_vanilla"), row.get("equal_to_vanilla_except_ties")
-    if equal is None:
+    """Identical to the run's vanilla samples, and the identical / numerical / divergent counts when not all are."""
+    equal, judged = row.get("equal_to_vanilla"), row.get("equality")
+    if equal is None or not judged:
         return "–"
-    return f"{equal:.0%}" if with_ties == equal else f"{equal:.0%} ({with_ties:.0%} w/ ties)"
+    if equal == 1.0:
+        return "100%"
+    return f"{equal:.0%} ({judged['identical']}/{judged['numerical']}/{judged['divergent']} id/num/div)"
 
 
 def _print_summary(results: dict) -> None:

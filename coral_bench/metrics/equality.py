@@ -1,16 +1,18 @@
-"""Greedy (T = 0) output equality with vanilla, tie-aware (docs/methods.md §4).
+"""Greedy (T = 0) output equality with vanilla, judged against a measured noise bound (docs/methods.md §4).
 
-Pure Python (never runs a model): the caller measures vanilla's top-2 logit margin where outputs
-first differ, and this module decides whether each difference is a numerical tie or a mismatch.
+Pure Python (never runs a model): the caller (``run/judge.py``) pairs each (question, turn) of a
+method with vanilla's greedy output *for the same prompt* — the run's own vanilla sample on turn 0,
+vanilla re-run on the method's own earlier answers on later turns whose history differs — and
+measures vanilla's top-2 margin where they first differ; this module classifies each pair.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Collection, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from coral_bench.core.records import SampleRecord
-from coral_bench.metrics.stats import paired_samples
+IDENTICAL, NUMERICAL, DIVERGENT = "identical", "numerical", "divergent"
+SAME_PROMPT, OWN_HISTORY = "vanilla's prompt", "own history"  # what the method's output was compared with
 
 
 def first_divergence(a_ids: Sequence[int], b_ids: Sequence[int]) -> int | None:
@@ -28,106 +30,69 @@ def first_divergence(a_ids: Sequence[int], b_ids: Sequence[int]) -> int | None:
 
 
 @dataclass(frozen=True)
-class Divergence:
-    """A paired sample whose output differs from vanilla's, from ``position`` on.
+class Comparison:
+    """One (question, turn) of a method against vanilla greedy decoding of the same prompt.
 
-    ``margin`` is vanilla's top-2 logit margin at that position (None: not known); ``bound`` the tie
-    bound it was compared with.
+    ``context`` says which vanilla output: :data:`SAME_PROMPT` (the run's vanilla sample: the prompts
+    are equal) or :data:`OWN_HISTORY` (vanilla re-run on the method's own earlier answers, because an
+    earlier turn diverged). ``position`` is the first divergence (None: identical); ``margin`` vanilla's
+    top-2 logit margin there (None: not measured); ``bound`` the noise bound it is judged by.
     """
 
     question_id: str
     turn: int
-    position: int
+    context: str
+    position: int | None
     margin: float | None
-    bound: float | None = None
+    bound: float | None
+
+    @property
+    def verdict(self) -> str:
+        if self.position is None:
+            return IDENTICAL
+        if self.margin is not None and self.bound is not None and self.margin <= self.bound:
+            return NUMERICAL  # inclusive: the bound is a measured |Δ margin|, a flip needs Δ ≥ margin
+        return DIVERGENT
 
     def to_json(self) -> dict:
-        return {"question_id": self.question_id, "turn": self.turn, "position": self.position, "margin": self.margin,
-                "bound": self.bound}
+        return {"question_id": self.question_id, "turn": self.turn, "context": self.context,
+                "position": self.position, "margin": self.margin, "bound": self.bound, "verdict": self.verdict}
 
 
 @dataclass(frozen=True)
 class Equality:
-    """Greedy (T = 0) output equality with vanilla, tie-aware (docs/methods.md §4).
+    """Every (question, turn) classified identical / numerical / divergent (docs/methods.md §4).
 
-    A differing sample is a numerical **tie** when vanilla's top-2 margin at the first divergent
-    position is known and below ``tie_threshold``; it **follows a tie** when its prompt already
-    differed from vanilla's because an earlier turn of the same question diverged at a tie (a later
-    turn answers the method's own earlier answer); otherwise it is a **mismatch** (a bug, or an
-    unknown margin that needs looking at).
+    ``equal_to_vanilla`` is the plain rate of outputs identical to the run's vanilla samples (later
+    turns on a differing history count as different there); the three counts compare each output
+    with vanilla on its own prompt. ``noise_bound`` is how the bound was measured (``NoiseBound.to_json``).
     """
 
     pairs: int
-    identical: int
-    tie_threshold: float
-    equal_to_vanilla: float  # identical / pairs
-    equal_to_vanilla_except_ties: float  # (identical + ties + after_ties) / pairs
-    ties: tuple[Divergence, ...]
-    mismatches: tuple[Divergence, ...]
-    after_ties: tuple[Divergence, ...] = ()  # later turns whose context differed after a tie
+    identical_to_run: int
+    comparisons: tuple[Comparison, ...]
+    noise_bound: Mapping[str, Any] | None
+
+    def count(self, verdict: str) -> int:
+        return sum(c.verdict == verdict for c in self.comparisons)
 
     def to_json(self) -> dict:
         return {
             "pairs": self.pairs,
-            "identical": self.identical,
-            "tie_threshold": self.tie_threshold,
-            "equal_to_vanilla": self.equal_to_vanilla,
-            "equal_to_vanilla_except_ties": self.equal_to_vanilla_except_ties,
-            "ties": [t.to_json() for t in self.ties],
-            "after_ties": [t.to_json() for t in self.after_ties],
-            "mismatches": [m.to_json() for m in self.mismatches],
+            "equal_to_vanilla": self.identical_to_run / self.pairs,
+            "equality": {
+                IDENTICAL: self.count(IDENTICAL), NUMERICAL: self.count(NUMERICAL), DIVERGENT: self.count(DIVERGENT),
+                "own_history": sum(c.context == OWN_HISTORY for c in self.comparisons),
+                "noise_bound": None if self.noise_bound is None else dict(self.noise_bound),
+                "differing": [c.to_json() for c in self.comparisons if c.verdict != IDENTICAL],
+            },
         }
 
 
-def equality(
-    spec: Sequence[SampleRecord],
-    vanilla: Sequence[SampleRecord],
-    tie_margins: Mapping[tuple[str, int], float | None],
-    tie_threshold: float,
-    tie_bounds: Mapping[tuple[str, int], float] | None = None,
-    different_context: Collection[tuple[str, int]] = (),
-) -> Equality:
-    """Compare outputs of samples paired by (question_id, turn) (docs/methods.md §4).
-
-    ``tie_margins[(question_id, turn)]`` is vanilla's top-2 logit margin at the first divergent
-    position, measured by the caller (this module never runs a model); a missing key or None means
-    unknown, which counts as a mismatch: only a known small margin excuses a difference.
-    ``tie_bounds`` optionally gives a per-sample bound (e.g. a few ULPs of a bf16 logit's magnitude)
-    that replaces ``tie_threshold`` where it is larger. ``different_context`` lists the
-    (question_id, turn) whose prompt differed from vanilla's (an earlier turn diverged): such a
-    sample follows a tie when every earlier differing turn of its question is a tie.
-    """
-    pairs, _, _ = paired_samples(spec, vanilla)
-    if not pairs:
+def classify(comparisons: Sequence[Comparison], identical_to_run: int,
+             noise_bound: Mapping[str, Any] | None) -> Equality:
+    """The :class:`Equality` of a method's comparisons, sorted by (question, turn)."""
+    if not comparisons:
         raise ValueError("equality: no (question_id, turn) present on both sides")
-    ties: list[Divergence] = []
-    after_ties: list[Divergence] = []
-    mismatches: list[Divergence] = []
-    tied_questions: dict[str, bool] = {}  # question → all its differing turns so far were ties
-    for s, v in sorted(pairs, key=lambda p: (p[0].question_id, p[0].turn)):
-        pos = first_divergence(s.output_ids, v.output_ids)
-        if pos is None:
-            continue
-        key = (s.question_id, s.turn)
-        margin = tie_margins.get(key)
-        bound = max(tie_threshold, (tie_bounds or {}).get(key, 0.0))
-        d = Divergence(s.question_id, s.turn, pos, None if margin is None else float(margin), float(bound))
-        if key in different_context and tied_questions.get(s.question_id, False):
-            after_ties.append(d)
-        elif margin is not None and margin <= bound:  # inclusive: each logit off by half the bound flips it
-            ties.append(d)
-            tied_questions.setdefault(s.question_id, True)
-        else:
-            mismatches.append(d)
-            tied_questions[s.question_id] = False
-    identical = len(pairs) - len(ties) - len(after_ties) - len(mismatches)
-    return Equality(
-        pairs=len(pairs),
-        identical=identical,
-        tie_threshold=float(tie_threshold),
-        equal_to_vanilla=identical / len(pairs),
-        equal_to_vanilla_except_ties=(identical + len(ties) + len(after_ties)) / len(pairs),
-        ties=tuple(ties),
-        mismatches=tuple(mismatches),
-        after_ties=tuple(after_ties),
-    )
+    ordered = tuple(sorted(comparisons, key=lambda c: (c.question_id, c.turn)))
+    return Equality(len(ordered), identical_to_run, ordered, noise_bound)

@@ -35,9 +35,19 @@ def _speedup_cell(m: MethodResult) -> str:
 def _equal_cell(m: MethodResult) -> str:
     if m.kind == "baseline":
         return DASH
-    if m.pairs is None or m.identical is None:
-        return "not checked (T > 0)" if m.pairs is None else DASH
-    return f"{m.identical}/{m.pairs} ({pct(m.identical / m.pairs if m.pairs else None)})"
+    e = m.equality
+    if e is None:
+        return "not checked (T > 0)"
+    return f"{e.identical_to_run}/{e.pairs} ({pct(e.identical_to_run / e.pairs if e.pairs else None)})"
+
+
+def _judged_cell(m: MethodResult) -> str:
+    """identical / numerical / divergent, each output judged on its own prompt (docs/methods.md §4)."""
+    e = m.equality
+    if m.kind == "baseline" or e is None:
+        return DASH
+    cell = f"{e.identical} / {e.numerical} / {e.divergent}"
+    return cell if e.rule == "measured" else cell + " (tie rule)"
 
 
 def _method_cell(m: MethodResult) -> str:
@@ -47,20 +57,26 @@ def _method_cell(m: MethodResult) -> str:
 def headline(runs: Sequence[Run], palette: fg.Palette) -> Section:
     multi = len(runs) > 1
     columns = ("method", "drafter", "tree", "speedup [95% CI]", "predicted", "τ pooled", "τ per question",
-               "tokens/s", "equal to vanilla", "ties")
+               "tokens/s", "equal to vanilla", "identical / numerical / divergent")
     rows = []
     for run in runs:
         for m in run.methods:
             tau = "1.00" if m.kind == "baseline" else num(m.tau_pooled)
             tau_q = "1.00" if m.kind == "baseline" else num(m.tau_per_question)
-            ties = DASH if m.ties is None else str(m.ties)
             row = (_method_cell(m), m.drafter or (m.kind if m.kind != "drafter" else DASH), m.tree or DASH,
                    _speedup_cell(m), times(m.speedup_predicted), tau, tau_q, num(m.tokens_per_s, 1),
-                   _equal_cell(m), ties)
+                   _equal_cell(m), _judged_cell(m))
             rows.append(((run.label, run.config.get("suite", DASH)) if multi else ()) + row)
     if multi:
         columns = ("run", "suite") + columns
     blocks: list = [Table(columns, tuple(rows))]
+    for run in runs:
+        bounds = sorted({f"{m.tree or 'peer chain'}: {m.equality.bound:.3g}" for m in (*run.drafters, *run.peers)
+                         if m.equality and m.equality.bound is not None})
+        if bounds:
+            prefix = f"Run {run.label}: " if multi else ""
+            blocks.append(Text(f"{prefix}noise bounds ({run.config.get('dtype', DASH)}, |Δ top-2 margin| "
+                               f"quantile of noise.json): {'; '.join(bounds)}.", "note"))
     for run in runs:
         if run.vanilla_over_hf is not None:
             prefix = f"Run {run.label}: " if multi else ""
@@ -71,8 +87,12 @@ def headline(runs: Sequence[Run], palette: fg.Palette) -> Section:
         "including prefill; 95% CI: paired bootstrap over questions. predicted: `speedup_predicted` of the "
         "speedup model (– where not estimated). τ pooled = Σ tokens emitted by cycles ÷ Σ cycles (EAGLE / vLLM "
         "convention); τ per question = mean of each question's pooled τ (HASS convention). equal to vanilla: "
-        "greedy outputs identical to vanilla's; ties: differing outputs where vanilla's top-2 logit margin "
-        "was below the dtype's tie threshold. oracle (upper bound): the target's own greedy continuation, "
+        "greedy outputs identical to the run's vanilla samples. identical / numerical / divergent: each output "
+        "compared with vanilla greedy decoding of its own prompt (vanilla re-run on the method's own history "
+        "for later turns after a divergence); numerical: the first difference falls where vanilla's top-2 "
+        "logit margin is within the noise bound measured for this target, dtype and tree shape before the "
+        "run; divergent: above it (docs/methods.md §4). \"tie rule\": a run from before the measured bounds, "
+        "judged by a fixed tie threshold that also excused every later turn. oracle (upper bound): the target's own greedy continuation, "
         "a perfect and free drafter on this hardware. hf-vanilla: transformers' own `generate`, a peer.", "note"))
     bars = [fg.Bar(method_name(run, m, multi), m.speedup, m.speedup_ci95, m.speedup_predicted,
                    palette.colour(m.label, m.kind)) for run in runs for m in (*run.drafters, *run.peers)]

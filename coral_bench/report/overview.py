@@ -65,9 +65,9 @@ def warnings(runs: Sequence[Run]) -> list[str]:
             out.append(f"run {r.label} ({r.name}) has no drafters: only vanilla and peers were timed, so there is no "
                        "speculative decoding to report (rerun with --drafter).")
         for m in r.drafters:
-            if m.mismatches:
-                out.append(f"run {r.label}: {m.label} differs from vanilla on {m.mismatches} sample(s) that are not "
-                           "numerical ties: a bug, or an unknown margin to look at.")
+            if m.equality and m.equality.divergent:
+                out.append(f"run {r.label}: {m.label} diverges from vanilla on {m.equality.divergent} sample(s) "
+                           f"beyond the numerical noise ({m.equality.rule}): a bug, or a margin to look at.")
     return out
 
 

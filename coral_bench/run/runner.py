@@ -8,7 +8,6 @@ run resumes where it stopped; ``results.json`` is rebuilt from the samples at th
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -24,7 +23,8 @@ from coral_bench.core.decode import Generation, generate
 from coral_bench.core.drafter import Drafter, DrafterSettings, generator_for
 from coral_bench.drafters.eagle import EagleInfo
 from coral_bench.drafters.registry import build_drafter, drafter_entry, tree_for
-from coral_bench.metrics.equality import equality, first_divergence
+from coral_bench.run.judge import history_prompt, judge, noise_bounds
+from coral_bench.run.noise import NoiseBound, NoiseShape
 from coral_bench.run.targets import LoadedTarget, load_target
 from coral_bench.run.specs import ChosenTree, DrafterSpec, MethodError, PeerSpec, check_unique
 from coral_bench.run.peers import HF_VANILLA, PEERS, HfPeer, PeerError, PeerFailure, build_peer
@@ -35,10 +35,6 @@ from coral_bench.core.sampling import SamplingConfig
 from coral_bench.metrics.stats import compare, summarize
 from coral_bench.run.suites import Question, Suite, limit, load_suite
 from coral_bench.core.tree import TreeShape
-
-# Below this top-2 logit margin a greedy divergence is a numerical tie, not a bug (docs/methods.md §4).
-TIE_THRESHOLD = {"float64": 1e-9, "float32": 1e-4, "bfloat16": 1e-2, "float16": 1e-2}
-
 
 class BusyMachineError(ValueError):
     """--require-idle on a busy machine (a refusal about the run's conditions, reported like bad input)."""
@@ -110,6 +106,8 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     resumed = len(finished)
     rd.prune_cycles(out, set(finished))
     rd.append_session(out, session_event("start", load_before, command))
+    # greedy equality is judged against noise bounds measured before any method runs (docs/methods.md §4)
+    bounds = noise_bounds(_noise_shapes(methods), loaded, suite, out) if config.sampling.is_greedy else {}
     failures = _warm_up(methods, loaded, suite, max_new)  # peers that raise are dropped, with their error
     log = rd.SampleLog(out)
     total = len(methods) * sum(len(q.turns) for q in suite.questions)
@@ -142,7 +140,7 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     sessions = rd.append_session(out, session_event("end", load_average(), command, len(finished) - resumed))
     provenance_json = provenance(loaded, threads, sessions, command)
     results = build_results(config_json, provenance_json, list(finished.values()), methods, loaded, suite,
-                            config.sampling, failures)
+                            config.sampling, failures, bounds)
     rd.write_json(out / rd.RESULTS, results)
     return results
 
@@ -238,22 +236,12 @@ def _run_turn(method: Method, question: Question, turn: int, answers: list[str],
     return record, gen
 
 
-def _vanilla_prompt(question: Question, turn: int, loaded: LoadedTarget, suite: Suite, finished: dict) -> list[int] | None:
-    answers = []
-    for t in range(turn):
-        rec = finished.get((VANILLA, question.question_id, t))
-        if rec is None:
-            return None
-        answers.append(answer_text(rec))
-    return turn_prompt(loaded.tokenizer, suite, question, turn, answers)
-
-
 def _reference(prompt: list[int], question: Question, turn: int, loaded: LoadedTarget, suite: Suite,
                finished: dict) -> GreedyReference:
     """Greedy continuations for oracle drafters, seeded with vanilla's output when its context is the same."""
     reference = GreedyReference(loaded.target)
     vanilla = finished.get((VANILLA, question.question_id, turn))
-    if vanilla is not None and _vanilla_prompt(question, turn, loaded, suite, finished) == prompt:
+    if vanilla is not None and history_prompt(VANILLA, question, turn, loaded, suite, finished) == prompt:
         reference.add(prompt, vanilla.output_ids)
     return reference
 
@@ -275,43 +263,21 @@ def _warm_up(methods: list[Method], loaded: LoadedTarget, suite: Suite, max_new:
     return failures
 
 
-def _tie_margins(method: str, samples: dict, loaded: LoadedTarget, suite_questions: dict,
-                 suite: Suite) -> tuple[dict, dict, set]:
-    """Vanilla's top-2 logit margin at the first divergent position of each differing sample, and a
-    per-sample tie bound of two units in the last place of the top logit in the working dtype: logits
-    from a bf16 LM head are rounded to that grid, and a tree forward may round them differently
-    from a one-row step (docs/methods.md §4)."""
-    margins, bounds, different_context = {}, {}, set()
-    for (label, qid, turn), rec in samples.items():
-        if label != method:
-            continue
-        van = samples.get((VANILLA, qid, turn))
-        if van is None or van.output_ids == rec.output_ids:
-            continue
-        question = suite_questions[qid]
-        prompt = turn_prompt(loaded.tokenizer, suite, question, turn,
-                             [answer_text(samples[(method, qid, t)]) for t in range(turn)])
-        if prompt != _vanilla_prompt(question, turn, loaded, suite, samples):
-            different_context.add((qid, turn))  # an earlier turn diverged: the contexts differ
-            continue
-        pos = first_divergence(van.output_ids, rec.output_ids)
-        out = loaded.target.prefill(torch.tensor(prompt + list(van.output_ids[:pos])))
-        top2 = out.logits[0].topk(2).values
-        margins[(qid, turn)] = float(top2[0] - top2[1])
-        bounds[(qid, turn)] = 2 * _ulp(float(top2[0]), loaded.target.dtype)
-    return margins, bounds, different_context
-
-
-def _ulp(value: float, dtype: torch.dtype) -> float:
-    """Spacing of ``dtype`` numbers at ``value``'s magnitude."""
-    mantissa_bits = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23, torch.float64: 52}[dtype]
-    return 2.0 ** (math.floor(math.log2(max(abs(value), 1e-30))) - mantissa_bits)
+def _noise_shapes(methods: list[Method]) -> dict[str, NoiseShape]:
+    return {m.label: NoiseShape.of(m.tree) for m in methods if m.kind != "baseline"}
 
 
 def build_results(config_json: dict, provenance_json: dict, samples: list[SampleRecord], methods: list[Method],
                   loaded: LoadedTarget, suite: Suite, sampling: SamplingConfig,
-                  failures: Mapping[str, PeerFailure] | None = None) -> dict:
-    failures = failures or {}
+                  failures: Mapping[str, PeerFailure] | None = None,
+                  bounds: Mapping[str, NoiseBound] | None = None) -> dict:
+    failures, bounds = failures or {}, bounds or {}
+    shapes = _noise_shapes(methods)
+    baseline = next(m for m in methods if m.kind == "baseline")
+
+    def rerun_vanilla(prompt: list[int]) -> tuple[int, ...]:  # untimed: judging only
+        return baseline.run(prompt, max_new, 0, None).ids
+
     by_method: dict[str, list[SampleRecord]] = {}
     for rec in samples:
         by_method.setdefault(rec.method, []).append(rec)
@@ -320,7 +286,6 @@ def build_results(config_json: dict, provenance_json: dict, samples: list[Sample
     vanilla = by_method.get(VANILLA, [])
     results = {"schema_version": rd.SCHEMA_VERSION, "config": config_json, "provenance": provenance_json,
                "baseline": summarize(vanilla, max_new).to_json(), "drafters": {}, "peers": {}}
-    questions = {q.question_id: q for q in suite.questions}
     for method in methods:
         if method.kind == "baseline":
             continue
@@ -333,8 +298,8 @@ def build_results(config_json: dict, provenance_json: dict, samples: list[Sample
         entry = summarize(own, max_new).to_json()
         entry.update(compare(own, vanilla, seed=sampling.seed).to_json())
         if sampling.is_greedy:
-            margins, bounds, different = _tie_margins(method.label, keyed, loaded, questions, suite)
-            entry.update(equality(own, vanilla, margins, TIE_THRESHOLD[loaded.dtype], bounds, different).to_json())
+            bound = bounds.get(shapes[method.label].key)
+            entry.update(judge(method.label, keyed, loaded, suite, bound, rerun_vanilla).to_json())
         if method.kind == "drafter":
             entry["tree"] = method.tree.describe() if method.tree else None
             entry["parameters"] = method.parameters

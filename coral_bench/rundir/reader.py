@@ -57,6 +57,39 @@ class DrafterTraining:
 
 
 @dataclass(frozen=True)
+class EqualityCounts:
+    """Greedy equality with vanilla (docs/methods.md §4), in either recorded form.
+
+    ``rule`` "measured": each output judged on its own prompt against a measured noise bound
+    (``bound``); "tie rule": results from before, where differences below a fixed tie threshold (and
+    every later turn after one) were excused — their ``numerical`` counts ties and after-ties.
+    """
+
+    pairs: int
+    identical_to_run: int  # outputs equal to the run's vanilla samples
+    identical: int
+    numerical: int
+    divergent: int
+    rule: str
+    bound: float | None = None
+
+    @classmethod
+    def from_record(cls, rec: dict) -> "EqualityCounts | None":
+        if "pairs" not in rec or "equal_to_vanilla" not in rec:
+            return None  # T > 0: not checked
+        pairs = int(rec["pairs"])
+        same = round(float(rec["equal_to_vanilla"]) * pairs)
+        judged = rec.get("equality")
+        if isinstance(judged, dict):
+            bound = (judged.get("noise_bound") or {}).get("value")
+            return cls(pairs, same, int(judged["identical"]), int(judged["numerical"]), int(judged["divergent"]),
+                       "measured", _opt_float(bound))
+        excused = len(rec.get("ties") or ()) + len(rec.get("after_ties") or ())
+        return cls(pairs, int(rec["identical"]), int(rec["identical"]), excused, len(rec.get("mismatches") or ()),
+                   "tie rule")
+
+
+@dataclass(frozen=True)
 class MethodResult:
     """One method's record (baseline, drafter or peer), as results.json holds it (stats.MethodSummary)."""
 
@@ -86,10 +119,7 @@ class MethodResult:
     speedup_per_prompt: float | None
     speedup_ci95: tuple[float, float] | None
     speedup_predicted: float | None
-    pairs: int | None  # equality with vanilla: only at T = 0
-    identical: int | None
-    ties: int | None
-    mismatches: int | None
+    equality: EqualityCounts | None  # only at T = 0
     lm_head_share: float | None
     lm_head_total_share: float | None
     parameters: int | None
@@ -288,7 +318,6 @@ def _method(rec: dict, label: str, kind: str, drafter: str | None, where: str) -
 def _method_fields(rec: dict, label: str, kind: str, drafter: str | None) -> MethodResult:
     ci = rec.get("speedup_ci95")
     ci95 = (float(ci[0]), float(ci[1])) if isinstance(ci, list) and len(ci) == 2 and None not in ci else None
-    ties, mismatches = rec.get("ties"), rec.get("mismatches")
     return MethodResult(
         label=label, kind=kind, drafter=drafter, tree=rec.get("tree"),
         samples=int(rec["samples"]), questions=_opt_int(rec.get("questions")) or 0, new_tokens=int(rec["new_tokens"]),
@@ -306,9 +335,7 @@ def _method_fields(rec: dict, label: str, kind: str, drafter: str | None) -> Met
         speedup_decode=_opt_float(rec.get("speedup_decode")),
         speedup_per_prompt=_opt_float(rec.get("speedup_per_prompt")),
         speedup_ci95=ci95, speedup_predicted=_opt_float(rec.get("speedup_predicted")),
-        pairs=_opt_int(rec.get("pairs")) if "identical" in rec else None, identical=_opt_int(rec.get("identical")),
-        ties=len(ties) if isinstance(ties, list) else None,
-        mismatches=len(mismatches) if isinstance(mismatches, list) else None,
+        equality=EqualityCounts.from_record(rec),
         lm_head_share=_opt_float(rec.get("lm_head_share")),
         lm_head_total_share=_opt_float(rec.get("lm_head_total_share")),
         parameters=_opt_int(rec.get("parameters")),
