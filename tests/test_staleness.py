@@ -34,8 +34,8 @@ def repo(tmp_path) -> Path:
     root = tmp_path / "checkout"
     root.mkdir()
     _git(root, "init", "-q")
-    _commit(root, {"coral_bench/core/decode.py": "v1\n", "coral_bench/drafters/eagle.py": "v1\n", "README.md": "v1\n"},
-            "first")
+    _commit(root, {"coral_bench/core/decode.py": "v1\n", "coral_bench/drafters/eagle.py": "v1\n",
+                   "coral_bench/drafters/vanilla.py": "v1\n", "README.md": "v1\n"}, "first")
     return root
 
 
@@ -225,3 +225,23 @@ def test_a_replay_made_before_a_drafter_change_makes_the_run_stale(tmp_path, rep
     (run / "replays.json").write_text(json.dumps({"eagle@tree=chain:3": {"provenance": {"git_hash": old}}}))
     verdict = _one(run, repo)
     assert verdict.state == st.STALE and "coral_bench/drafters/eagle.py" in verdict.line, verdict.line
+
+
+def test_an_added_drafter_module_keeps_the_run_current(tmp_path, repo):
+    """A module that did not exist when the run was made cannot have run in it; using it changes an
+    existing file, which makes the run stale."""
+    run = _run(tmp_path / "run", _git(repo, "rev-parse", "HEAD"))
+    _commit(repo, {"coral_bench/drafters/hybrid.py": "def build():\n    return 1\n"}, "a new drafter")
+    assert _one(run, repo).state == st.CURRENT, _one(run, repo).line
+    _commit(repo, {"coral_bench/drafters/eagle.py": "from .hybrid import build\nv = build()\n"}, "used")
+    assert _one(run, repo).state == st.STALE
+
+
+def test_an_added_module_counts_when_a_deleted_one_has_no_successor(tmp_path, repo):
+    """A deleted module without a twin may live on, rewritten, in an added one: then the addition counts."""
+    _commit(repo, {"coral_bench/old_loop.py": DECODER}, "a decoder outside the watched folders")
+    run = _run(tmp_path / "run", _git(repo, "rev-parse", "HEAD"))
+    _git(repo, "rm", "-q", "coral_bench/old_loop.py")
+    _commit(repo, {"coral_bench/core/loop.py": "def run(n):\n    return [i * 3 for i in range(n)]\n"}, "rewritten")
+    verdict = _one(run, repo)
+    assert verdict.state == st.STALE and "coral_bench/core/loop.py" in verdict.line, verdict.line

@@ -159,11 +159,16 @@ def changed_files(root: Path, base: str, watched: Sequence[str]) -> list[str]:
     """Watched files (their current paths) whose code differs between commit ``base`` and the working tree.
     Renames are followed, git's own (``-M``) and any added file whose code equals a deleted one's (a small
     module whose imports were rewritten can fall below git's similarity threshold); a file deleted
-    since ``base`` and not moved counts as changed under its old path."""
+    since ``base`` and not moved counts as changed under its old path.
+
+    A file *added* since ``base`` did not exist when the run was made, so the run cannot have executed
+    it: any use of it goes through an existing file, whose code then differs (a new drafter module is
+    reached through the registry, which resolves names only). That holds while every deleted file has a
+    successor; when one vanished without a twin, an added file may be its rewritten move, and counts."""
     entries = [line.split("\t") for line in _git_lines(root, "diff", "-M", "--name-status", base)]
     deleted = {paths[0]: _git_blob(root, base, paths[0]) for status, *paths in entries if status == "D"}
     moved_from: set[str] = set()
-    changed = []
+    changed, added = [], []
     for status, *paths in entries:
         old, new = paths[0], paths[-1]
         if status == "A" and same_code(b"", (root / new).read_bytes(), new):
@@ -173,14 +178,19 @@ def changed_files(root: Path, base: str, watched: Sequence[str]) -> list[str]:
                          and same_code(blob, (root / new).read_bytes(), new)), None)
             if twin is not None:
                 moved_from.add(twin)
-                continue
+            elif _watched(new, watched):
+                added.append(new)
+            continue
         if not any(_watched(p, watched) for p in paths) or status == "D":
             continue
         if status == "R100" or (status[0] in "MR" and same_code(_git_blob(root, base, old),
                                                                 (root / new).read_bytes(), new)):
             continue
         changed.append(new)
-    changed += [d for d in deleted if d not in moved_from and _watched(d, watched)]
+    vanished = [d for d in deleted if d not in moved_from]
+    changed += [d for d in vanished if _watched(d, watched)]
+    if any(d.endswith(".py") for d in vanished):
+        changed += added
     return changed
 
 
