@@ -22,10 +22,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## Run a short benchmark on the embedded default (SmolLM2-135M): vanilla, the shipped trained
-## drafters, prompt-lookup and the oracle upper bound; then its report.
+## drafters, the hybrid (coral-router's tree + prompt lookup), prompt-lookup and the oracle upper
+## bound; then its report.
 demo: $(STAMP)
 	$(BIN)/coral-bench run --suite mtbench --limit 3 --max-new-tokens 64 \
-	    $(foreach d,$(SHIPPED),--drafter $(d)) \
+	    $(foreach d,$(SHIPPED),--drafter $(d)) $(if $(filter coral-router,$(SHIPPED)),--drafter hybrid) \
 	    --drafter prompt-lookup --drafter oracle --out $(DEMO_OUT)
 	$(BIN)/coral-bench report $(DEMO_OUT) --out $(DEMO_OUT)/report
 

@@ -10,13 +10,14 @@ grows with tree size, so GPU-sized trees (60 nodes) lose.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from coral_bench.core.target import Target
 from coral_bench.core.tree import TreeShape
 from coral_bench.core.drafter import Drafter, DrafterError, DrafterFactory, DrafterSettings
 from .eagle import build_eagle, build_routed
 from .early_exit import build_early_exit
+from .hybrid import build_hybrid
 from .oracle import build_noisy_oracle, build_oracle
 from .prompt_lookup import build_prompt_lookup
 from .shipped import with_shipped_checkpoint
@@ -40,6 +41,7 @@ class DrafterEntry:
     description: str
     kind: str  # one of KINDS
     needs_checkpoint: bool = False  # falls back to the drafter shipped for the target (shipped.py)
+    shipped_as: str | None = None  # the shipped drafter it falls back to, when not its own name
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -80,6 +82,10 @@ def _entries() -> dict[str, DrafterEntry]:
         build_routed, CPU_TREE, "CORAL drafter with its LM-head router (a train-router checkpoint; "
         "@router_k=K, @score=renorm|calibrated); the same checkpoint runs unrouted as coral", EAGLE,
         needs_checkpoint=True)
+    entries["hybrid"] = DrafterEntry(
+        build_hybrid, CPU_TREE, "a trained EAGLE-style tree with prompt lookup's n-gram chain merged in, in the "
+        "same node budget (default: the shipped coral-router; the head follows the checkpoint, @vocab=V: subset)",
+        EAGLE, needs_checkpoint=True, shipped_as="coral-router")
     return entries
 
 
@@ -107,5 +113,6 @@ def tree_for(name: str, own: TreeShape | None = None, chosen: TreeShape | None =
 def build_drafter(target: Target, settings: DrafterSettings) -> Drafter:
     entry = drafter_entry(settings.name)
     if entry.needs_checkpoint:
-        settings = with_shipped_checkpoint(target.name, settings)
+        shipped = with_shipped_checkpoint(target.name, replace(settings, name=entry.shipped_as or settings.name))
+        settings = replace(shipped, name=settings.name)
     return entry.factory(target, settings)
