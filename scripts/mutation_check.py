@@ -3,7 +3,7 @@ in a scratch copy of the package, and run the equality, verification and cache t
 
 Each mutant must make at least one of those tests fail ("caught"); a mutant the tests pass is a hole
 in them ("MISSED", exit status 1). The checkout itself is never modified. About a minute per mutant
-on 2 cores:   .venv/bin/python scripts/mutation_check.py [--only NAME]
+on 2 cores:   .venv/bin/python scripts/mutation_check.py [--only NAME] [--tests FILE…]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ("tests/test_decode.py", "tests/test_verify.py", "tests/test_target.py", "tests/test_eagle.py",
-         "tests/test_early_exit.py")
+         "tests/test_early_exit.py", "tests/test_acceptance.py")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ MUTANTS = (
 )
 
 
-def run(mutant: Mutant) -> tuple[bool, str]:
+def run(mutant: Mutant, tests: tuple[str, ...] = TESTS) -> tuple[bool, str]:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         shutil.copytree(ROOT / "coral_bench", scratch / "coral_bench", ignore=shutil.ignore_patterns("__pycache__"))
@@ -66,7 +66,7 @@ def run(mutant: Mutant) -> tuple[bool, str]:
             raise SystemExit(f"{mutant.name}: the text to mutate occurs {text.count(mutant.old)} times in {mutant.file}")
         target.write_text(text.replace(mutant.old, mutant.new))
         env = {**os.environ, "PYTHONPATH": str(scratch)}
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *TESTS],
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
                               cwd=scratch, env=env, capture_output=True, text=True)
         failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED")]
         return done.returncode != 0, (failed[0][len("FAILED "):] if failed else done.stdout.strip().splitlines()[-1])
@@ -75,12 +75,13 @@ def run(mutant: Mutant) -> tuple[bool, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="run one mutant by name")
+    parser.add_argument("--tests", nargs="+", default=TESTS, help="the test files to run against each mutant")
     args = parser.parse_args()
     missed = 0
     for mutant in MUTANTS:
         if args.only and mutant.name != args.only:
             continue
-        caught, detail = run(mutant)
+        caught, detail = run(mutant, tuple(args.tests))
         missed += not caught
         print(f"{'caught' if caught else 'MISSED'}  {mutant.name}: {mutant.what} — {detail}", flush=True)
     sys.exit(1 if missed else 0)

@@ -45,5 +45,17 @@ def load_script(name: str):
     return module
 
 
+def assert_speedup_model_adds_up(model: dict) -> None:
+    """The identities of a ``speedup_model`` record (docs/methods.md §7): the drafting terms sum to the
+    drafting time, the cycle's terms to its total, and SR∞ = τ · T_vanilla cycle / T_cycle."""
+    cycle, vanilla = model["per_cycle_s"], model["vanilla_per_cycle_s"]
+    for costs in (cycle, vanilla):
+        assert costs["draft"] == pytest.approx(sum(costs[k] for k in ("body", "head", "softmax_topk", "tree")))
+        assert costs["total"] == pytest.approx(sum(costs[k] for k in ("draft", "score", "verify", "commit", "loop")))
+        assert costs["score"] > 0
+    assert model["sr_infinity"] == pytest.approx(model["tau"] * vanilla["total"] / cycle["total"])
+    assert model["speedup_predicted"] > 0
+
+
 # Tiny models gain nothing from threads, and a busy machine makes multi-threaded tiny ops very slow.
 torch.set_num_threads(1)

@@ -11,7 +11,7 @@ from coral_bench.core.records import STOP_EOS, STOP_LENGTH
 from coral_bench.core.reference import GreedyReference
 from coral_bench.core.sampling import SamplingConfig
 from coral_bench.core.target import Target, TargetError
-from coral_bench.run.tiny import tiny_model
+from coral_bench.run.tiny import tiny_cycling_model, tiny_model
 from coral_bench.core.tree import TreeShape
 
 GREEDY = SamplingConfig()
@@ -126,25 +126,8 @@ def test_early_exit_at_full_depth_accepts_several_tokens_and_equals_vanilla(targ
     assert spec.ids == van.ids and spec.stop_reason == van.stop_reason
 
 
-def _cycling_target(tokenizer, cycle: str = "abcd", layer_scale: float = 0.03) -> Target:
-    """A tiny float64 target whose greedy output repeats ``cycle``: its LM head maps each token's
-    embedding to a chosen successor (a random one for every token outside the cycle), and its layers are
-    damped, not removed (attention and the KV cache still shift the logits a little). Prompt lookup then
-    finds its drafts in the output it has already written."""
-    model = tiny_model(seed=0, dtype=torch.float64, tie_word_embeddings=False)
-    with torch.no_grad():
-        embed = model.model.embed_tokens.weight
-        successor = torch.randperm(embed.shape[0], generator=torch.Generator().manual_seed(1))
-        ids = tokenizer(cycle, add_special_tokens=False)["input_ids"]
-        for a, b in zip(ids, ids[1:] + ids[:1]):
-            successor[a] = b
-        successor[render(tokenizer, ["x"], [], None)[-1]] = ids[0]  # the generation prompt leads into it
-        head = torch.zeros_like(model.lm_head.weight).index_add_(0, successor, embed)
-        model.lm_head.weight.copy_(3.0 * head)  # logits[successor[t]] ∝ <embed[t], h>
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.mul_(layer_scale)
-            layer.mlp.down_proj.weight.mul_(layer_scale)
-    return Target(model, (2,), name="tiny64-cycling")
+def _cycling_target(tokenizer) -> Target:
+    return Target(tiny_cycling_model(tokenizer), (2,), name="tiny64-cycling")
 
 
 @pytest.mark.parametrize("max_new", [40, 37])  # 37: the max_new_tokens cut falls inside an accepted chunk

@@ -70,17 +70,21 @@ def test_shipped_drafters_are_recorded_lossless_and_accept(embedded, name):
     assert meta["budget"]["complete"] and meta["git_hash"] and meta["command"].startswith("coral-bench train")
     assert str(Path.home()) not in (folder / "config.json").read_text()  # no path of the machine that trained it
     target, tok = embedded.target, embedded.tokenizer
-    prompt = render(tok, ["Explain what a hash table is in two sentences."], [], None)
     clock = Clock(torch.device("cpu"))
-    runs = {}
-    for drafter_name, tree in (("vanilla", "chain:1"), (name, "top_k=4,depth=3,total_tokens=12")):
-        settings = DrafterSettings(drafter_name, TreeShape.parse(tree))
-        if drafter_name == name:
-            settings = with_shipped_checkpoint(loading.EMBEDDED, settings)
-        drafter = build_drafter(target, settings)
-        runs[drafter_name] = generate(target, drafter, prompt, 32, SamplingConfig(), generator_for(0), clock, reserve=5)
-    assert runs[name].ids == runs["vanilla"].ids
-    assert len(runs[name].cycles) < len(runs["vanilla"].cycles)  # drafts were accepted
+    accepted = []
+    for question in ("Explain what a hash table is in two sentences.", "Write a haiku about autumn rain."):
+        prompt = render(tok, [question], [], None)
+        runs = {}
+        for drafter_name, tree in (("vanilla", "chain:1"), (name, "top_k=4,depth=3,total_tokens=12")):
+            settings = DrafterSettings(drafter_name, TreeShape.parse(tree))
+            if drafter_name == name:
+                settings = with_shipped_checkpoint(loading.EMBEDDED, settings)
+            drafter = build_drafter(target, settings)
+            runs[drafter_name] = generate(target, drafter, prompt, 32, SamplingConfig(), generator_for(0), clock,
+                                          reserve=12)
+        assert runs[name].ids == runs["vanilla"].ids, question
+        accepted += [c.accepted for c in runs[name].cycles]
+    assert sum(accepted) / len(accepted) > 0.5  # τ > 1.5: drafts were accepted, not merely tolerated
 
 
 def test_the_frequency_subset_head_of_a_shipped_drafter_is_lossless_and_accepts(embedded):
@@ -102,3 +106,23 @@ def test_the_frequency_subset_head_of_a_shipped_drafter_is_lossless_and_accepts(
     assert spec.ids == vanilla.ids
     accepted = [c.accepted for c in spec.cycles]
     assert sum(accepted) / len(accepted) > 0.5  # τ > 1.5: drafts were accepted, not merely tolerated
+
+
+def test_bf16_decoding_has_no_divergent_output(embedded, tmp_path):
+    """bfloat16, where tree scoring and one-row steps round differently: the oracle (every cycle accepts
+    its whole line, so every token is scored in a 16-node tree) and the shipped coral-router, judged
+    against the noise bound the run measures (docs/methods.md §4), have no *divergent* output."""
+    from coral_bench.run.runner import RunConfig, run_suite
+    from coral_bench.run.specs import DrafterSpec
+
+    config = RunConfig(suite="mtbench", target=loading.EMBEDDED, dtype="bfloat16", device="cpu", limit=2,
+                       max_new_tokens=40, drafters=(DrafterSpec.parse("oracle"), DrafterSpec.parse("coral-router")),
+                       peers=("none",))
+    results = run_suite(config, tmp_path / "run")
+    for label, row in results["drafters"].items():
+        judged = row["equality"]
+        assert judged["divergent"] == 0, (label, judged["differing"])
+        assert judged["identical"] + judged["numerical"] == row["pairs"] == 4
+        bound = judged["noise_bound"]
+        assert bound["dtype"] == "bfloat16" and bound["value"] > 1e-3 and bound["positions"] > 100
+    assert results["drafters"]["oracle"]["tau_pooled"] > 3  # the line was accepted: tree-scored tokens throughout

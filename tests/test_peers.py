@@ -137,7 +137,8 @@ def test_a_failing_peer_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, f
         row = results["peers"][name]
         assert row["equal_to_vanilla"] == 1.0 and row["tokens_per_s"] > 0
         assert row["tau_pooled"] is None and row["cycles"] is None and row["accept_histogram"] is None
-    assert results["baseline"]["vanilla_over_hf_vanilla"] > 0
+    hf = results["peers"]["hf-vanilla"]["tokens_per_s"]
+    assert results["baseline"]["vanilla_over_hf_vanilla"] == pytest.approx(results["baseline"]["tokens_per_s"] / hf)
     samples = [SampleRecord.from_json(json.loads(l)) for l in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     methods = [s.method for s in samples]
     assert {m: methods.count(m) for m in set(methods)} == {

@@ -106,7 +106,7 @@ def _print_drafter_regions(label: str, m: dict) -> None:
                           _ms(r["total_s"]))
     out.print(table)
     pf = m["forward"]["prefill"]
-    out.print(f"  T_dpf(P) ms: " + ", ".join(f"P={p['prompt_tokens']}: {_ms(p['seconds'])}" for p in pf))
+    out.print("  T_dpf(P) ms: " + ", ".join(f"P={p['prompt_tokens']}: {_ms(p['seconds'])}" for p in pf))
     out.print(f"  parameters fc + layer {m['parameters'] / 1e6:.1f}M, LM head {m['lm_head_parameters'] / 1e6:.1f}M · "
               f"lm_head_share {m['lm_head_share']:.1%}, lm_head_total_share {m['lm_head_total_share']:.1%} "
               f"(per cycle, first forward over {m['first_rows']:.2f} slots)")

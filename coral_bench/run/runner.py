@@ -275,8 +275,12 @@ def build_results(config_json: dict, provenance_json: dict, samples: list[Sample
     shapes = _noise_shapes(methods)
     baseline = next(m for m in methods if m.kind == "baseline")
 
+    reruns: dict[tuple[int, ...], tuple[int, ...]] = {}  # methods that answered alike share the re-run
+
     def rerun_vanilla(prompt: list[int]) -> tuple[int, ...]:  # untimed: judging only
-        return baseline.run(prompt, max_new, 0, None).ids
+        if tuple(prompt) not in reruns:
+            reruns[tuple(prompt)] = baseline.run(prompt, max_new, 0, None).ids
+        return reruns[tuple(prompt)]
 
     by_method: dict[str, list[SampleRecord]] = {}
     for rec in samples:

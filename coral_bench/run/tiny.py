@@ -85,6 +85,36 @@ def tiny_qwen2_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> Qwen2
     return _randomised(model, dtype)
 
 
+def tiny_cycling_model(tokenizer, cycle: str = "abcd", layer_scale: float = 0.03,
+                       dtype: torch.dtype = torch.float64) -> LlamaForCausalLM:
+    """A tiny target that is predictable: its greedy answer repeats ``cycle`` (distinct characters).
+
+    Its LM head maps each token's embedding to a chosen successor (a random one for every token
+    outside the cycle) and its layers are damped, not removed (attention and the KV cache still shift
+    the logits a little). Acceptance tests build drafters that agree with it: prompt lookup finds its
+    drafts in what it already wrote, and an EAGLE drafter that passes the embedding through predicts
+    the successor (tests/test_acceptance.py).
+    """
+    from coral_bench.run.chat import render
+
+    model = tiny_model(seed=0, dtype=dtype, tie_word_embeddings=False)
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        successor = torch.randperm(embed.shape[0], generator=torch.Generator().manual_seed(1))
+        ids = tokenizer(cycle, add_special_tokens=False)["input_ids"]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"the cycle {cycle!r} must not repeat a token")
+        for a, b in zip(ids, ids[1:] + ids[:1]):
+            successor[a] = b
+        successor[render(tokenizer, ["x"], [], None)[-1]] = ids[0]  # the generation prompt leads into it
+        head = torch.zeros_like(model.lm_head.weight).index_add_(0, successor, embed)
+        model.lm_head.weight.copy_(3.0 * head)  # logits[successor[t]] ∝ <embed[t], h>
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(layer_scale)
+            layer.mlp.down_proj.weight.mul_(layer_scale)
+    return model
+
+
 def _randomised(model, dtype: torch.dtype):
     with torch.no_grad():
         for p in model.parameters():
