@@ -196,6 +196,7 @@ def test_a_move_with_a_code_change_makes_the_run_stale(tmp_path, repo):
     _commit(repo, {"coral_bench/core/loop.py": DECODER.replace("x + 1", "x + 2")}, "move and change")
     verdict = _one(run, repo)
     assert verdict.state == st.STALE and "coral_bench/core/loop.py" in verdict.line, verdict.line
+    assert "new.py" not in verdict.line
 
 
 def test_same_code_ignores_imports_docstrings_and_comments_only():
@@ -238,10 +239,14 @@ def test_an_added_drafter_module_keeps_the_run_current(tmp_path, repo):
 
 
 def test_an_added_module_counts_when_a_deleted_one_has_no_successor(tmp_path, repo):
-    """A deleted module without a twin may live on, rewritten, in an added one: then the addition counts."""
+    """A deleted module without a twin may live on, rewritten, in an added one that git pairs with it at a
+    loose similarity: that addition counts; an unrelated one does not."""
     _commit(repo, {"coral_bench/old_loop.py": DECODER}, "a decoder outside the watched folders")
     run = _run(tmp_path / "run", _git(repo, "rev-parse", "HEAD"))
     _git(repo, "rm", "-q", "coral_bench/old_loop.py")
-    _commit(repo, {"coral_bench/core/loop.py": "def run(n):\n    return [i * 3 for i in range(n)]\n"}, "rewritten")
+    rewritten = DECODER.replace("x + 1", "x * 3 - 2") + "\n\ndef twice(x):\n    return step(step(x))\n"
+    _commit(repo, {"coral_bench/core/loop.py": rewritten, "coral_bench/drafters/new.py": "def f():\n    return 7\n"},
+            "rewritten, and an unrelated new module")
     verdict = _one(run, repo)
     assert verdict.state == st.STALE and "coral_bench/core/loop.py" in verdict.line, verdict.line
+    assert "new.py" not in verdict.line

@@ -36,6 +36,7 @@ WATCHED = ("coral_bench/core/", "coral_bench/drafters/", "coral_bench/assets/")
 VANILLA_CODE = ("coral_bench/drafters/vanilla.py",)  # the one drafter a vanilla-only run runs
 UNWATCHED = ("coral_bench/drafters/registry.py", "coral_bench/drafters/options.py")
 DIRTY = "-dirty"
+LOOSE_RENAME = "30%"  # git similarity above which an added file may be a vanished one rewritten
 CURRENT, STALE, UNKNOWN = "current", "stale", "unknown"
 _WORST = (CURRENT, UNKNOWN, STALE)  # a run's verdict is the worst over its sessions' hashes
 SHOWN = 3  # files and commits named in one line
@@ -163,8 +164,8 @@ def changed_files(root: Path, base: str, watched: Sequence[str]) -> list[str]:
 
     A file *added* since ``base`` did not exist when the run was made, so the run cannot have executed
     it: any use of it goes through an existing file, whose code then differs (a new drafter module is
-    reached through the registry, which resolves names only). That holds while every deleted file has a
-    successor; when one vanished without a twin, an added file may be its rewritten move, and counts."""
+    reached through the registry, which resolves names only). An added file that git pairs with a
+    vanished one at a loose similarity (:data:`LOOSE_RENAME`) may be its rewritten move, and counts."""
     entries = [line.split("\t") for line in _git_lines(root, "diff", "-M", "--name-status", base)]
     deleted = {paths[0]: _git_blob(root, base, paths[0]) for status, *paths in entries if status == "D"}
     moved_from: set[str] = set()
@@ -189,8 +190,11 @@ def changed_files(root: Path, base: str, watched: Sequence[str]) -> list[str]:
         changed.append(new)
     vanished = [d for d in deleted if d not in moved_from]
     changed += [d for d in vanished if _watched(d, watched)]
-    if any(d.endswith(".py") for d in vanished):
-        changed += added
+    if added and vanished:  # an addition that git pairs with a vanished file at low similarity is its rewrite
+        loose = [line.split("\t") for line in _git_lines(root, "diff", f"-M{LOOSE_RENAME}", "--name-status",
+                                                           "--diff-filter=R", base)]
+        rewritten = {paths[-1] for _, *paths in loose if paths[0] in vanished}
+        changed += [a for a in added if a in rewritten]
     return changed
 
 
