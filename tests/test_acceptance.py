@@ -23,7 +23,9 @@ from coral_bench.core.reference import GreedyReference
 from coral_bench.core.sampling import SamplingConfig
 from coral_bench.core.target import Target
 from coral_bench.drafters.checkpoint import save_checkpoint
-from coral_bench.drafters.eagle_model import EagleModel
+from coral_bench.drafters.eagle3_checkpoint import save_eagle3_checkpoint
+from coral_bench.drafters.eagle3_model import Eagle3Config, Eagle3Model
+from coral_bench.drafters.eagle_model import EagleModel, RMSNorm
 from coral_bench.drafters.options import join_argument
 from coral_bench.drafters.registry import DRAFTERS, build_drafter, drafter_entry
 from coral_bench.drafters.router import Router, router_description
@@ -37,6 +39,7 @@ CYCLE = "abcdefghijklmnop"
 PROMPTS = ("Recite: abcdefghijklmnop abcdefghijklmnop", "Tell me about the alphabet: abcdefghijklmnop.")
 MAX_NEW = 64
 GROUPS, ROUTER_K = 8, 2
+DRAFT_VOCAB = 40  # the EAGLE-3 drafter's own vocabulary: the cycle's tokens and some others
 
 # registry name → checkpoint argument ("ckpt": the agreeing EAGLE checkpoint; None: none needed);
 # every drafter in the registry must have a case here, so a new drafter gets an acceptance test
@@ -51,6 +54,7 @@ CASES = {
     "coral": ["ckpt", "ckpt@vocab=48"],  # the full head and the frequency-subset head
     "coral-router": ["ckpt"],  # the routed head
     "hybrid": ["ckpt", "random"],  # random: the EAGLE tree agrees with nothing, the n-gram chain is accepted
+    "eagle3": ["ckpt3"],  # the agreeing EAGLE-3 checkpoint, in the public layout
 }
 # the noisy oracle drops the true token from its trees on purpose (it exists to exercise rejections)
 MIN_MEAN_ACCEPTED = {"noisy-oracle": 1.0}
@@ -100,9 +104,52 @@ def checkpoint(target, tokenizer, tmp_path_factory):
                            extras=extras)
 
 
+@pytest.fixture(scope="module")
+def eagle3_checkpoint(target, tokenizer, tmp_path_factory):
+    """An EAGLE-3 checkpoint that agrees with ``target`` most of the time.
+
+    Its features are the inputs of layers 0, 1, 1; fc reads the first (the token embedding e(x_s)) with
+    a little noise. Attention is silent, and the MLP adds e(successor(t)) − e(t) for each cycle token t
+    (one unit per token, gated by its normalised embedding), so the output after slot s is
+    ≈ e(x_{s+1}) and, fed back deeper in the tree, ≈ e(x_{s+2})…; the head is the target's own LM head
+    restricted to a draft vocabulary (d2t offsets ≠ 0), which reads the successor from an embedding.
+    """
+    hidden, vocab = target.hidden_size, target.vocab_size
+    body = target.model.config.to_dict() | {"num_hidden_layers": 1, "draft_vocab_size": DRAFT_VOCAB,
+                                            "eagle_config": {"eagle_aux_hidden_state_layer_ids": [0, 1, 1]}}
+    model = Eagle3Model(Eagle3Config.from_dict(body).with_target(target.num_layers)).to(D)
+    model.init_random(torch.Generator().manual_seed(5), vocab)
+    cycle = tokenizer(CYCLE, add_special_tokens=False)["input_ids"]
+    successor = dict(zip(cycle, cycle[1:] + cycle[:1]))
+    draft_ids = sorted(set(cycle) | set(range(vocab - (DRAFT_VOCAB - len(cycle)), vocab)))
+    embed = target.embedding_weight().to(D)
+    beta = 8.0
+    with torch.no_grad():
+        noise = torch.randn(hidden, hidden, generator=torch.Generator().manual_seed(6), dtype=D)
+        model.fc.weight.zero_()
+        model.fc.weight[:, :hidden] = torch.eye(hidden, dtype=D) + 0.35 * noise / hidden ** 0.5
+        model.midlayer.self_attn.o_proj.weight.zero_()
+        mlp = model.midlayer.mlp
+        for w in (mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight):
+            w.zero_()
+        unit = RMSNorm(hidden, 1e-6).to(D)(embed[cycle])  # what the MLP sees for each cycle token
+        for j, t in enumerate(cycle):
+            mlp.gate_proj.weight[j] = beta * unit[j] / unit[j].square().sum()
+            mlp.up_proj.weight[j] = unit[j] / unit[j].square().sum()
+            mlp.down_proj.weight[:, j] = (embed[successor[t]] - embed[t]) / torch.nn.functional.silu(torch.tensor(beta))
+        ids = torch.tensor(draft_ids)
+        model.lm_head.weight.copy_(target.lm_head_weight().to(D)[ids])
+        model.d2t.copy_(ids - torch.arange(DRAFT_VOCAB))
+        model.t2d.zero_()
+        model.t2d[ids] = True
+    return save_eagle3_checkpoint(tmp_path_factory.mktemp("agreeing3"), model, dtype=D)
+
+
 def _checkpoint_argument(case: str | None, target: Target, checkpoint) -> str | None:
     if case in (None, "random"):
         return case
+    if case == "ckpt3":
+        return str(checkpoint)
     if case == "all-layers":
         return str(target.num_layers)
     path, _, option = case.partition("@")
@@ -119,8 +166,9 @@ def _decode(target, name, prompt, checkpoint=None, reference=None):
 
 
 @pytest.mark.parametrize("name,case", [(n, c) for n, cases in CASES.items() for c in cases])
-def test_drafter_accepts_several_tokens_per_cycle_and_equals_vanilla(target, tokenizer, checkpoint, name, case):
-    argument = _checkpoint_argument(case, target, checkpoint)
+def test_drafter_accepts_several_tokens_per_cycle_and_equals_vanilla(target, tokenizer, checkpoint, eagle3_checkpoint,
+                                                                   name, case):
+    argument = _checkpoint_argument(case, target, eagle3_checkpoint if case == "ckpt3" else checkpoint)
     accepted, rejected = [], 0
     for text in PROMPTS:
         prompt = render(tokenizer, [text], [], None)
@@ -136,7 +184,8 @@ def test_drafter_accepts_several_tokens_per_cycle_and_equals_vanilla(target, tok
     assert sum(accepted) / len(accepted) > MIN_MEAN_ACCEPTED.get(name, 1.5), (name, case)
     if case and case.startswith("ckpt"):
         head = drafter.info.head["kind"]
-        assert head == {"ckpt@vocab=48": "frequency-subset"}.get(case, "routed" if name in ("coral-router", "hybrid") else "full")
+        expected = {"ckpt@vocab=48": "frequency-subset", "ckpt3": "eagle3"}
+        assert head == expected.get(case, "routed" if name in ("coral-router", "hybrid") else "full")
         assert rejected > 0  # and some drafts rejected: both verification branches ran
 
 

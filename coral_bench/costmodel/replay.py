@@ -331,7 +331,7 @@ def what_if(run_dir: Path, label: str, name: str, checkpoint: str | None, tree: 
     """Predicted speedup of drafter ``label`` with another ``tree``: τ from replay, latency terms from the
     run's profile (target) plus a profile of the drafter's forwards and no-op loop at that tree."""
     from coral_bench.costmodel import profile as pf
-    from coral_bench.core.clock import Clock
+    from coral_bench.core.event_clock import clock_for
     from coral_bench.costmodel.noop import NoopPlan
     from coral_bench.costmodel.speedup import Estimate, predict_against_vanilla
 
@@ -343,7 +343,7 @@ def what_if(run_dir: Path, label: str, name: str, checkpoint: str | None, tree: 
                   for x in result.samples if x.cycles)
     seed = read_config(run_dir).seed
     spec = pf.MethodSpec(label, name, checkpoint, tree, plans, seed)
-    method = pf.profile_method(spec, loaded.target, settings, Clock(loaded.target.device))
+    method = pf.profile_method(spec, loaded.target, settings, clock_for(loaded.target.device))
     if method.costs is None:
         raise ReplayError(method.reason or f"cannot profile {name}")
     pred = predict_against_vanilla(result.shapes(), rd.read_samples(run_dir), profile_body, method.costs)

@@ -199,13 +199,14 @@ def profile_shape(shape: ModelShape, dtype: torch.dtype, device: torch.device, t
     from transformers import AutoConfig
 
     from coral_bench.costmodel import profile as pf
-    from coral_bench.core.clock import Clock, load_average
+    from coral_bench.core.clock import load_average
+    from coral_bench.core.event_clock import clock_for
     from coral_bench.costmodel.forwards import forward_costs
     from coral_bench.costmodel.noop import eos_ids, noop_loop, synthetic_plans
     from coral_bench.costmodel.speedup import DrafterCosts
     from coral_bench.core.target import Target
 
-    load_before, clock = load_average(), Clock(device)
+    load_before, clock = load_average(), clock_for(device)
     gen = torch.Generator().manual_seed(settings.seed)
     h = shape_harness(shape, dtype, device, 1 if tree.kind == "chain" else min(tree.top_k, shape.vocab_size))
     forward, regions = forward_costs(h, tree, settings, clock, gen, first_rows=(1,))

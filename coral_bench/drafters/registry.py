@@ -16,6 +16,7 @@ from coral_bench.core.target import Target
 from coral_bench.core.tree import TreeShape
 from coral_bench.core.drafter import Drafter, DrafterError, DrafterFactory, DrafterSettings
 from .eagle import build_eagle, build_routed
+from .eagle3 import build_eagle3
 from .early_exit import build_early_exit
 from .hybrid import build_hybrid
 from .oracle import build_noisy_oracle, build_oracle
@@ -31,7 +32,8 @@ MODEL_FREE = "model-free"  # no forwards: drafting is Python over token ids (pro
 ORACLE = "oracle"  # reads the target's greedy continuation, computed outside the timed path (tests, bounds)
 EARLY_EXIT = "early-exit"  # the target's first layers + norm + LM head
 EAGLE = "eagle"  # an EAGLE-style drafter: fc + one decoder layer + LM head (full, subset or routed)
-KINDS = (BASELINE, MODEL_FREE, ORACLE, EARLY_EXIT, EAGLE)
+EAGLE3 = "eagle3"  # EAGLE-3: three target layers' features, its own draft-vocabulary head (not in the cost model yet)
+KINDS = (BASELINE, MODEL_FREE, ORACLE, EARLY_EXIT, EAGLE, EAGLE3)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ def _entries() -> dict[str, DrafterEntry]:
         build_hybrid, CPU_TREE, "a trained EAGLE-style tree with prompt lookup's n-gram chain merged in, in the "
         "same node budget (default: the shipped coral-router; the head follows the checkpoint, @vocab=V: subset)",
         EAGLE, needs_checkpoint=True, shipped_as="coral-router")
+    entries["eagle3"] = DrafterEntry(
+        build_eagle3, CPU_TREE, "EAGLE-3 drafter: features of three target layers, its own draft-vocabulary head "
+        "(public EAGLE-3 / SpecForge / speculators checkpoints; random weights without one, @vocab=V)", EAGLE3)
     return entries
 
 

@@ -14,6 +14,8 @@ import transformers
 from coral_bench.paths import CHECKOUT_ROOT
 from coral_bench.run.chat import template_hash
 from coral_bench.core.clock import is_busy
+from coral_bench.core.event_clock import clock_description
+from coral_bench.run.accelerator import accelerator_facts
 from coral_bench.run.targets import LoadedTarget
 
 
@@ -65,6 +67,8 @@ def provenance(loaded: LoadedTarget, threads: int, sessions: list[dict], command
         "python": platform.python_version(),
         "device": loaded.device,
         "device_name": device_name(loaded.device),
+        "accelerator": accelerator_facts(loaded.device),
+        "clock": clock_description(loaded.device),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "dtype": loaded.dtype,

@@ -19,8 +19,10 @@ from coral_bench.rundir.layout import VANILLA
 from coral_bench.rundir.recorded import read_config
 from coral_bench.run.chat import answer_text, turn_prompt
 from coral_bench.core.clock import Clock, is_busy, load_average
+from coral_bench.core.event_clock import clock_for
+from coral_bench.run.accelerator import PeakMemory
 from coral_bench.core.decode import Generation, generate
-from coral_bench.core.drafter import Drafter, DrafterSettings, generator_for
+from coral_bench.core.drafter import Drafter, DrafterSettings
 from coral_bench.drafters.eagle import EagleInfo
 from coral_bench.drafters.registry import build_drafter, drafter_entry, tree_for
 from coral_bench.run.judge import history_prompt, judge, noise_bounds
@@ -97,7 +99,7 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     check_unique([VANILLA, *(d.label for d in config.drafters), *(p.label for p in peers)])
     loaded = load_target(config.target, config.dtype, config.device)
     max_new = config.max_new_tokens or suite.max_new_tokens
-    clock = Clock(loaded.target.model.device)
+    clock = clock_for(loaded.target.model.device)
     choices = _chosen_trees(config, loaded, clock, out, resume, suite, choose_trees)
     methods = _methods(config, loaded, clock, choices)
     config_json = _config_json(config, suite, loaded, max_new, threads, methods, command, choices)
@@ -110,6 +112,7 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     bounds = noise_bounds(_noise_shapes(methods), loaded, suite, out) if config.sampling.is_greedy else {}
     failures = _warm_up(methods, loaded, suite, max_new)  # peers that raise are dropped, with their error
     log = rd.SampleLog(out)
+    memory = PeakMemory(loaded.target.device, out)
     total = len(methods) * sum(len(q.turns) for q in suite.questions)
     done = 0
     try:
@@ -121,8 +124,9 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
                     record = finished.get(key)
                     if record is None and method.label not in failures:
                         try:
-                            record, gen = _run_turn(method, question, turn, answers, loaded, suite, max_new,
-                                                    config.sampling, finished)
+                            with memory.measure(method.label):
+                                record, gen = _run_turn(method, question, turn, answers, loaded, suite, max_new,
+                                                        config.sampling, finished)
                         except Exception as exc:  # a failing peer is recorded and dropped; anything else is a bug
                             if method.kind != "peer":
                                 raise
@@ -137,10 +141,11 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
                         progress(done, total, method.label)
     finally:
         log.close()
+        memory.save()
     sessions = rd.append_session(out, session_event("end", load_average(), command, len(finished) - resumed))
     provenance_json = provenance(loaded, threads, sessions, command)
     results = build_results(config_json, provenance_json, list(finished.values()), methods, loaded, suite,
-                            config.sampling, failures, bounds)
+                            config.sampling, failures, bounds, memory.of)
     rd.write_json(out / rd.RESULTS, results)
     return results
 
@@ -207,7 +212,9 @@ def _drafted(label: str, kind: str, spec: DrafterSpec, config: RunConfig, target
     drafter: Drafter = build_drafter(target, settings)
 
     def run(prompt: list[int], max_new: int, seed: int, reference: GreedyReference | None) -> Generation:
-        return generate(target, drafter, prompt, max_new, config.sampling, generator_for(seed), clock,
+        # the generator lives where the tensors it samples live (a CPU one cannot sample CUDA tensors)
+        generator = torch.Generator(device=target.device).manual_seed(seed)
+        return generate(target, drafter, prompt, max_new, config.sampling, generator, clock,
                         reserve=settings.tree.max_nodes, reference=reference)
 
     info = getattr(drafter, "info", None)  # EAGLE-style drafters say where their weights came from
@@ -270,7 +277,8 @@ def _noise_shapes(methods: list[Method]) -> dict[str, NoiseShape]:
 def build_results(config_json: dict, provenance_json: dict, samples: list[SampleRecord], methods: list[Method],
                   loaded: LoadedTarget, suite: Suite, sampling: SamplingConfig,
                   failures: Mapping[str, PeerFailure] | None = None,
-                  bounds: Mapping[str, NoiseBound] | None = None) -> dict:
+                  bounds: Mapping[str, NoiseBound] | None = None,
+                  peak_memory: Callable[[str], int | None] = lambda label: None) -> dict:
     failures, bounds = failures or {}, bounds or {}
     shapes = _noise_shapes(methods)
     baseline = next(m for m in methods if m.kind == "baseline")
@@ -290,6 +298,8 @@ def build_results(config_json: dict, provenance_json: dict, samples: list[Sample
     vanilla = by_method.get(VANILLA, [])
     results = {"schema_version": rd.SCHEMA_VERSION, "config": config_json, "provenance": provenance_json,
                "baseline": summarize(vanilla, max_new).to_json(), "drafters": {}, "peers": {}}
+    if (peak := peak_memory(baseline.label)) is not None:
+        results["baseline"]["peak_device_memory_bytes"] = peak
     for method in methods:
         if method.kind == "baseline":
             continue
@@ -301,6 +311,8 @@ def build_results(config_json: dict, provenance_json: dict, samples: list[Sample
             continue
         entry = summarize(own, max_new).to_json()
         entry.update(compare(own, vanilla, seed=sampling.seed).to_json())
+        if (peak := peak_memory(method.label)) is not None:
+            entry["peak_device_memory_bytes"] = peak
         if sampling.is_greedy:
             bound = bounds.get(shapes[method.label].key)
             entry.update(judge(method.label, keyed, loaded, suite, bound, rerun_vanilla).to_json())
