@@ -18,6 +18,7 @@ from coral_bench.core.drafter import Drafter, DrafterError, DrafterFactory, Draf
 from .eagle import build_eagle, build_routed
 from .eagle3 import build_eagle3
 from .early_exit import build_early_exit
+from .hub import resolve_hub_checkpoint
 from .hybrid import build_hybrid
 from .oracle import build_noisy_oracle, build_oracle
 from .prompt_lookup import build_prompt_lookup
@@ -117,6 +118,7 @@ def tree_for(name: str, own: TreeShape | None = None, chosen: TreeShape | None =
 
 def build_drafter(target: Target, settings: DrafterSettings) -> Drafter:
     entry = drafter_entry(settings.name)
+    settings = resolve_hub_checkpoint(settings)  # ORG/NAME: the snapshot in the local Hugging Face cache
     if entry.needs_checkpoint:
         shipped = with_shipped_checkpoint(target.name, replace(settings, name=entry.shipped_as or settings.name))
         settings = replace(shipped, name=settings.name)
