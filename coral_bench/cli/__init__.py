@@ -31,7 +31,7 @@ def main() -> None:
     """coral-bench: speculative decoding benchmarks and speedup analysis (EAGLE-2, HASS, CORAL)."""
 
 
-for _command in (run.run, catalog.suites, catalog.drafters, catalog.targets, reports.report, reports.check_stale,
+for _command in (run.run, run.merge, catalog.suites, catalog.drafters, catalog.targets, reports.report, reports.check_stale,
                  analysis.profile_command, analysis.estimate_speedup, analysis.replay_command, training.gen_data,
                  training.train, training.train_router_command):
     main.add_command(_command)

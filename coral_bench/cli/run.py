@@ -36,8 +36,10 @@ from .common import _fmt, _quiet_transformers, _tree, err, out
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/<suite>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--require-idle", is_flag=True, help="Refuse to time on a busy machine.")
+@click.option("--shard", callback=lambda ctx, param, value: _shard(value), metavar="I/N",
+              help="Only every N-th question from the I-th (0-based), e.g. one shard per GPU; join with coral-bench merge.")
 def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature, top_p, sample_top_k, seed, dtype,
-        device, threads, out, resume, require_idle):
+        device, threads, out, resume, require_idle, shard):
     """Run vanilla, each drafter and each peer over a suite and compare them."""
     from coral_bench.run.runner import RunConfig, run_suite
     from coral_bench.run.specs import DrafterSpec
@@ -61,7 +63,7 @@ def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature
                        peers=tuple(peers), tree=tree, limit=limit, max_new_tokens=max_new_tokens,
                        sampling=SamplingConfig(temperature=temperature, top_p=top_p, top_k=sample_top_k, seed=seed),
                        dtype=dtype, device=device, threads=threads, require_idle=require_idle,
-                       tree_auto=auto.to_json() if auto else None)
+                       tree_auto=auto.to_json() if auto else None, shard=shard)
     load_suite(suite)  # fail fast on a bad suite, before loading a model
     if out is None:
         stem = Path(suite).stem if suite.endswith(".jsonl") else suite
@@ -85,6 +87,32 @@ def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature
     out_path = out / "results.json"
     out.mkdir(exist_ok=True)
     err.print(f"results: {out_path}")
+
+
+def _shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    index, slash, count = value.partition("/")
+    if not (slash and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise click.BadParameter(f"{value!r} is not I/N with 0 <= I < N (e.g. 0/4)", param_hint="--shard")
+    return int(index), int(count)
+
+
+@click.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="The merged run directory.")
+def merge(shards, out):
+    """Join the run directories of `run --shard 0/N` … `N-1/N` into one run (results as if unsharded)."""
+    from coral_bench.run.merge import merge_shards
+
+    _quiet_transformers()
+    command = shlex.join(["coral-bench", *sys.argv[1:]])
+    with progress_bar(TextColumn("{task.description}"), console=err) as bar:
+        task = bar.add_task(f"merging {len(shards)} shards into {out}", total=None)
+        results = merge_shards(list(shards), out, command,
+                               progress=lambda done, total, method: bar.update(task, completed=done, total=total))
+    _print_summary(results)
+    err.print(f"results: {out / 'results.json'}")
 
 
 def _equality(row: dict) -> str:

@@ -35,7 +35,7 @@ from coral_bench.core.reference import GreedyReference
 from coral_bench.core.records import SampleRecord
 from coral_bench.core.sampling import SamplingConfig
 from coral_bench.metrics.stats import compare, summarize
-from coral_bench.run.suites import Question, Suite, limit, load_suite
+from coral_bench.run.suites import Question, Suite, limit, load_suite, shard_of
 from coral_bench.core.tree import TreeShape
 
 class BusyMachineError(ValueError):
@@ -61,6 +61,29 @@ class RunConfig:
     require_idle: bool = False
     # --tree auto: the chooser's settings as recorded; the trees come from run_suite's choose_trees
     tree_auto: Mapping[str, Any] | None = None
+    shard: tuple[int, int] | None = None  # (I, N): every N-th question from the I-th (0-based); merge.py joins them
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, as ``from_json`` reads it back (config.json ``run_config``: what a merge re-runs)."""
+        return {"suite": self.suite, "target": self.target,
+                "drafters": [asdict(d) | {"tree": d.tree.describe() if d.tree else None} for d in self.drafters],
+                "peers": list(self.peers), "tree": self.tree.describe() if self.tree else None, "limit": self.limit,
+                "max_new_tokens": self.max_new_tokens, "sampling": asdict(self.sampling), "dtype": self.dtype,
+                "device": self.device, "threads": self.threads, "warmup_tokens": self.warmup_tokens,
+                "require_idle": self.require_idle, "tree_auto": dict(self.tree_auto) if self.tree_auto else None,
+                "shard": list(self.shard) if self.shard else None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "RunConfig":
+        fields = dict(data)
+        fields["drafters"] = tuple(DrafterSpec(d["label"], d["name"], d.get("checkpoint"),
+                                               TreeShape.parse(d["tree"]) if d.get("tree") else None)
+                                   for d in data["drafters"])
+        fields["peers"] = tuple(data["peers"])
+        fields["tree"] = TreeShape.parse(data["tree"]) if data.get("tree") else None
+        fields["sampling"] = SamplingConfig(**data["sampling"])
+        fields["shard"] = tuple(data["shard"]) if data.get("shard") else None
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -90,6 +113,9 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     suite = load_suite(config.suite)
     if config.limit is not None:
         suite = limit(suite, config.limit)
+    whole = suite  # the noise bounds come from the whole suite's first prompts: every shard measures the same
+    if config.shard is not None:
+        suite = shard_of(suite, *config.shard)
     threads = config.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     load_before = load_average()
@@ -109,7 +135,7 @@ def run_suite(config: RunConfig, out: Path, resume: bool = False, command: str =
     rd.prune_cycles(out, set(finished))
     rd.append_session(out, session_event("start", load_before, command))
     # greedy equality is judged against noise bounds measured before any method runs (docs/methods.md §4)
-    bounds = noise_bounds(_noise_shapes(methods), loaded, suite, out) if config.sampling.is_greedy else {}
+    bounds = noise_bounds(_noise_shapes(methods), loaded, whole, out) if config.sampling.is_greedy else {}
     failures = _warm_up(methods, loaded, suite, max_new)  # peers that raise are dropped, with their error
     log = rd.SampleLog(out)
     memory = PeakMemory(loaded.target.device, out)
@@ -364,6 +390,8 @@ def _config_json(config: RunConfig, suite: Suite, loaded: LoadedTarget, max_new:
         "methods": {m.label: {"kind": m.kind, "tree": m.tree.describe() if m.tree else None} for m in methods},
         "drafters": [asdict(d) | {"tree": d.tree.describe() if d.tree else None} for d in config.drafters],
         "command": command,
+        "shard": f"{config.shard[0]}/{config.shard[1]}" if config.shard else None,
+        "run_config": config.to_json(),
         "tree_auto": None if config.tree_auto is None else {
             "settings": dict(config.tree_auto),
             "drafters": {label: dict(c.record) for label, c in (choices or {}).items()},

@@ -109,6 +109,17 @@ def limit(suite: Suite, n: int) -> Suite:
     return replace(suite, questions=suite.questions[:n])
 
 
+def shard_of(suite: Suite, index: int, count: int) -> Suite:
+    """Shard ``index`` of ``count`` (0-based): questions index, index + count, … — every shard gets
+    questions from the whole suite, so shards take about as long as each other."""
+    if not (_positive_int(count) and isinstance(index, int) and 0 <= index < count):
+        raise SuiteError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
+    questions = suite.questions[index::count]
+    if not questions:
+        raise SuiteError(f"shard {index}/{count} has no questions: the suite has only {len(suite.questions)}")
+    return replace(suite, questions=questions)
+
+
 def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 

@@ -59,7 +59,8 @@ def create_run_dir(path: Path, config: dict, resume: bool) -> None:
     write_json(path / CONFIG, config)
 
 
-RESUME_FREE = {"limit", "resume", "command"}  # may change between the first run and a resume
+RESUME_FREE = {"limit", "resume", "command",  # may change between the first run and a resume
+               "run_config"}  # repeats the keys compared here, as RunConfig fields (limit included)
 
 
 def write_json(path: Path, data: dict) -> None:
