@@ -90,3 +90,9 @@ def test_cli_estimate_predicts_oracle_and_early_exit(auto_run):
         assert_speedup_model_adds_up(model)
     assert drafters["early-exit"]["speedup_model"]["per_cycle_s"]["body"] > 0  # K steps of the first layers
     assert drafters["oracle"]["speedup_model"]["per_cycle_s"]["body"] == 0  # a lookup, no forwards
+
+
+def test_the_gpu_grid_reaches_64_nodes_and_the_cpu_grid_stays_small():
+    gpu, cpu = AutoSettings.for_device("cuda").candidates(), AutoSettings.for_device("cpu").candidates()
+    assert max(t.max_nodes for t in gpu) == 64 and max(t.max_nodes for t in cpu) == 32
+    assert AutoSettings.for_device("cpu") == AutoSettings()

@@ -55,8 +55,9 @@ def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature
     auto = None
     if tree == "auto":  # EAGLE-style drafters: the tree the cost model predicts fastest here, chosen before the run
         from coral_bench.costmodel.tree_search import AutoSettings
+        from coral_bench.run.devices import resolve_device
 
-        tree, auto = None, AutoSettings()
+        tree, auto = None, AutoSettings.for_device(resolve_device(device).type)
     if resume and out is None:
         raise click.BadParameter("--resume needs the --out of the run to continue", param_hint="--resume")
     config = RunConfig(suite=suite, target=target, drafters=tuple(DrafterSpec.parse(d) for d in drafters),
