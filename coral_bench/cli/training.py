@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -168,7 +169,8 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
 
     from coral_bench.run.devices import cpu_has_native_bf16
     from coral_bench.run.targets import load_target
-    from ..train.loop import train as run_training
+    from ..train.frozen_parts import load_frozen_parts, training_memory
+    from ..train.loop import drafter_config, train as run_training
     from ..train.reporting import RichReporter
     from ..train.settings import settings_for
     from ..train.store import read_manifest
@@ -191,9 +193,17 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
         max_sequences=max_sequences, split_seed=split_seed, features="online" if online else "stored", **loss)
     state = PartialState(cpu=device == "cpu")
     dev = device or str(state.device)
-    loaded = load_target(target, dtype="float64" if dtype == "fp64" else "float32", device=dev)
+    frozen_dtype = torch.float64 if dtype == "fp64" else torch.float32
+    if online:  # the target's layers compute the features
+        frozen = load_target(target, dtype=str(frozen_dtype).removeprefix("torch."), device=dev).target
+    else:  # stored features: the embedding and LM head are all training reads
+        frozen = load_frozen_parts(target, frozen_dtype, dev)
+    if state.is_main_process:
+        estimate = training_memory(frozen, sum(math.prod(s) for s in drafter_config(frozen).param_shapes().values()),
+                                   settings.batch_tokens, settings.loss_vocab, settings.steps)
+        err.print(f"memory per process {estimate.describe()}")
     command = shlex.join(["coral-bench", *sys.argv[1:]])
-    result = run_training(data, out, settings, loaded.target, resume=resume, reporter=RichReporter(err),
+    result = run_training(data, out, settings, frozen, resume=resume, reporter=RichReporter(err),
                           target_name=target, command=command, time_limit_s=time_limit)
     if state.is_main_process:
         partial = "" if result.metadata["budget"]["complete"] else "; stopped by --time-limit, --resume continues"
@@ -235,12 +245,14 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
               help="Train on the first N training sequences only (labels need the full head per slot and depth; "
                    "the held-out split is unchanged). Default: all.")
 @click.option("--threads", type=int, help="torch threads (recorded). Default: torch's.")
+@click.option("--device", help="cpu, cuda… Default: the accelerator if any, else cpu.")
 def train_router_command(drafter, data, router_groups, router_k, partition, out_dir, label, epochs, lr, steps,
-                         batch_tokens, eval_fraction, recall_top_k, score, target, seed, dtype, max_sequences, threads):
+                         batch_tokens, eval_fraction, recall_top_k, score, target, seed, dtype, max_sequences, threads,
+                         device):
     """Train CORAL's LM-head router on a frozen stage-1 drafter (two-stage protocol, docs/methods.md §6)."""
     import torch
 
-    from coral_bench.run.targets import load_target
+    from ..train.frozen_parts import load_frozen_parts
     from ..train.router_loop import RouterSettings, train_router
     from ..train.store import read_manifest
 
@@ -256,7 +268,8 @@ def train_router_command(drafter, data, router_groups, router_k, partition, out_
                               recall_top_k=recall_top_k, score=score, seed=seed, dtype=dtype,
                               max_sequences=max_sequences)
     _quiet_transformers()
-    loaded = load_target(target, dtype="float64" if dtype == "fp64" else "float32", device="cpu")
+    # stored features: the router reads the drafter's outputs and the target's head, never its layers
+    frozen = load_frozen_parts(target, torch.float64 if dtype == "fp64" else torch.float32, device)
     command = shlex.join(["coral-bench", *sys.argv[1:]])
     with progress_bar(TextColumn("router"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err) as bar:
@@ -265,7 +278,7 @@ def train_router_command(drafter, data, router_groups, router_k, partition, out_
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, info=f"loss {loss:.4g}")
 
-        result = train_router(drafter, data, out_dir, settings, loaded.target, progress=progress, target_name=target,
+        result = train_router(drafter, data, out_dir, settings, frozen, progress=progress, target_name=target,
                               command=command)
     g = result.grouping
     err.print(f"routed drafter: {result.out} ({result.optimizer_steps} steps, {result.rows:,} router examples, "

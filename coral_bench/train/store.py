@@ -148,6 +148,16 @@ class FeatureStore:
             raise StoreError(f"cannot read {data.file}: {err}") from None
         return Sequence(data.ids[lo:hi].long(), features, data.loss_mask[lo:hi].bool())
 
+    def loss_mask(self, item: int) -> torch.Tensor:  # [L] bool
+        """One sequence's loss mask, without reading its features (opening a store touches no feature)."""
+        shard, j = self._index[item]
+        data = self._shard(shard)
+        return data.loss_mask[int(data.offsets[j]) : int(data.offsets[j + 1])].bool()
+
+    def feature_widths(self) -> set[int]:
+        """The feature widths of the shards, read from their headers (0: an ids-only store)."""
+        return {int(self._shard(i).features.get_shape()[1]) for i in range(len(self.manifest["shards"]))}
+
     def lengths(self) -> list[int]:
         """Sequence lengths, for length-sorted batching (reads every shard's offsets)."""
         out = []

@@ -52,14 +52,12 @@ class TrainingData:
         online = OnlineFeatures(target, store) if settings.features == "online" else None
         hidden = target.hidden_size
         lengths = tuple(int(n) for n in store.lengths())
-        usable = []
-        for i in range(len(store)):
-            seq = store[i]
-            if online is None and seq.features.shape[1] != hidden:
-                raise TrainError(f"feature store {path} has hidden size {seq.features.shape[1]}, "
-                                 f"the target {hidden}")
-            if lengths[i] >= 3 and bool(seq.loss_mask[2:].any()):
-                usable.append(i)
+        widths = store.feature_widths()  # from the shard headers: opening reads no feature row
+        if online is None and widths != {hidden}:
+            raise TrainError(f"feature store {path} has hidden size {', '.join(map(str, sorted(widths)))}, "
+                             f"the target {hidden}" + (" (an ids-only store: add --online-features)" if widths == {0}
+                                                       else ""))
+        usable = [i for i in range(len(store)) if lengths[i] >= 3 and bool(store.loss_mask(i)[2:].any())]
         if not usable:
             raise TrainError(f"feature store {path} has no sequence with a loss slot")
         train, held = split_eval(usable, settings.eval_fraction, settings.held_out_seed)
