@@ -143,7 +143,7 @@ def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_
 @click.option("--split-seed", type=int, help="Seed of the held-out split only (default: --seed); keep it fixed to "
                                              "compare seeds on the same held-out sequences and training subset.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp64"]),
-              help="bf16 = fp32 weights + bf16 autocast. Default: bf16 where the CPU runs it natively, else fp32.")
+              help="bf16 = fp32 weights + bf16 autocast. Default: bf16 where the device runs it natively (avx512_bf16/AMX CPU, bf16 GPU), else fp32.")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Optimizer steps (0: end only).")
 @click.option("--resume", is_flag=True, help="Continue from --out's training state.")
 @click.option("--time-limit", type=float, metavar="SECONDS",
@@ -184,7 +184,10 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
     if not target:
         _fail(f"{data}: the store's manifest names no target; pass --target")
     loss = {k: v for k, v in dict(csra_weight=csra_weight, distill_weight=distill_weight).items() if v is not None}
-    dtype = dtype or ("bf16" if device in (None, "cpu") and cpu_has_native_bf16() else "fp32")
+    if dtype is None:  # bf16 autocast wherever the device runs it natively: avx512_bf16/AMX CPUs, Ampere+ GPUs
+        kind = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
+        native = cpu_has_native_bf16() if kind == "cpu" else kind == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = "bf16" if native else "fp32"
     settings = settings_for(
         method, steps=steps, epochs=epochs, lr=lr, warmup_steps=warmup_steps, schedule=schedule,
         batch_tokens=batch_tokens, history=history, csra_temperature=csra_temperature, csra_negatives=csra_negatives,
