@@ -153,6 +153,9 @@ def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_
 @click.option("--max-sequences", type=click.IntRange(min=1), metavar="N",
               help="Train on the first N training sequences only (sweeps on a shorter budget; the held-out "
                    "split and --loss-vocab's token counts stay those of the whole store). Default: all.")
+@click.option("--loss-chunk-rows", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Compute the soft CE / top-K losses N slots at a time (activation checkpointing), never all slots' "
+                   "full-vocabulary logits at once: for large vocabularies (an 8B target's 128k). 0: off.")
 @click.option("--online-features", "online", is_flag=True,
               help="Compute each batch's features with the target (a teacher-forced forward per step) instead of "
                    "reading the store's: for feature caches that would not fit on disk. The store may be ids-only "
@@ -162,7 +165,7 @@ def gen_data(out, target, sources, max_prompts, max_new_tokens, batch_size, max_
 def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_tokens, steps, history,
           csra_temperature, csra_weight, csra_negatives, csra_anchor, distill_k, distill_weight, step_decay,
           loss_vocab, feature_noise, seed, split_seed, dtype, checkpoint_every, resume, time_limit, eval_fraction,
-          max_sequences, online, device, threads):
+          max_sequences, loss_chunk_rows, online, device, threads):
     """Train an EAGLE-2 / HASS / CORAL drafter on a feature store (single process or `accelerate launch`)."""
     import torch
     from accelerate import PartialState
@@ -193,7 +196,8 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
         batch_tokens=batch_tokens, history=history, csra_temperature=csra_temperature, csra_negatives=csra_negatives,
         csra_anchor=csra_anchor, distill_k=distill_k, step_decay=step_decay, feature_noise=feature_noise, seed=seed,
         dtype=dtype, checkpoint_every=checkpoint_every, eval_fraction=eval_fraction, loss_vocab=loss_vocab,
-        max_sequences=max_sequences, split_seed=split_seed, features="online" if online else "stored", **loss)
+        max_sequences=max_sequences, split_seed=split_seed, features="online" if online else "stored",
+        loss_chunk_rows=loss_chunk_rows, **loss)
     state = PartialState(cpu=device == "cpu")
     dev = device or str(state.device)
     frozen_dtype = torch.float64 if dtype == "fp64" else torch.float32
@@ -203,7 +207,7 @@ def train(method, data, out, target, epochs, lr, warmup_steps, schedule, batch_t
         frozen = load_frozen_parts(target, frozen_dtype, dev)
     if state.is_main_process:
         estimate = training_memory(frozen, sum(math.prod(s) for s in drafter_config(frozen).param_shapes().values()),
-                                   settings.batch_tokens, settings.loss_vocab, settings.steps)
+                                   settings.loss_chunk_rows or settings.batch_tokens, settings.loss_vocab, settings.steps)
         err.print(f"memory per process {estimate.describe()}")
     command = shlex.join(["coral-bench", *sys.argv[1:]])
     result = run_training(data, out, settings, frozen, resume=resume, reporter=RichReporter(err),

@@ -118,7 +118,8 @@ def tree_for(name: str, own: TreeShape | None = None, chosen: TreeShape | None =
 
 def build_drafter(target: Target, settings: DrafterSettings) -> Drafter:
     entry = drafter_entry(settings.name)
-    settings = resolve_hub_checkpoint(settings)  # ORG/NAME: the snapshot in the local Hugging Face cache
+    if entry.kind in (EAGLE, EAGLE3):  # their checkpoint is a folder: ORG/NAME may be its id in the local HF cache
+        settings = resolve_hub_checkpoint(settings)
     if entry.needs_checkpoint:
         shipped = with_shipped_checkpoint(target.name, replace(settings, name=entry.shipped_as or settings.name))
         settings = replace(shipped, name=settings.name)

@@ -149,13 +149,23 @@ def batch_loss(module: torch.nn.Module, batch: TrainBatch, frozen: Frozen, setti
     batch = batch.to(device)
     emb = frozen.embed(batch.next_ids)
     valid = step_valid(batch.valid, settings.steps, settings.history)
-    target_logp = frozen.target_logp(batch.targets[batch.valid])
+    chunked = settings.loss_chunk_rows > 0  # the vocabulary terms then never hold [N, V] at once
+    target_logp = None if chunked else frozen.target_logp(batch.targets[batch.valid])
     with _autocast(settings, device):
         outputs = module(emb, batch.features, batch.positions)
         inputs = LossInputs(pred=outputs, valid=valid, target=batch.targets, rows=batch.valid,
-                            target_logp=target_logp, head=frozen.head, world=world)
+                            target_logp=target_logp, head=frozen.head, world=world,
+                            chunk_rows=settings.loss_chunk_rows, target_logp_of=frozen.target_logp)
         combined = combine(loss_parts(inputs, settings.loss), world)
     return combined, inputs
+
+
+def _argmax(inputs: LossInputs, features: torch.Tensor, logp: torch.Tensor | None) -> torch.Tensor:  # [N]
+    """The head's argmax per row: from ``logp`` when it exists, else block by block (chunked losses)."""
+    if logp is not None:
+        return logp.argmax(-1)
+    rows = inputs.chunk_rows
+    return torch.cat([inputs.head(features[a : a + rows]).argmax(-1) for a in range(0, features.shape[0], rows)])
 
 
 @torch.no_grad()
@@ -184,11 +194,12 @@ def evaluate(core: MultiStepDrafter, data: TrainingData, frozen: Frozen, setting
                 sums[name] = sums.get(name, 0.0) + value * n
                 counts[name] = counts.get(name, 0) + n
         weights.update(combined.weights)
-        greedy = inputs.target_logp.argmax(-1)  # [N]
+        greedy = _argmax(inputs, inputs.target[inputs.rows], inputs.target_logp)  # [N]
         t = batch.positions.to(inputs.rows.device)[inputs.rows]  # [N] slot index of each row
         for j in range(1, settings.steps + 1):
             keep = t >= j - 1  # true depth-j predictions only
-            agree = inputs.pred_logp(j).argmax(-1) == greedy
+            pred = None if inputs.chunk_rows else inputs.pred_logp(j)
+            agree = _argmax(inputs, inputs.pred[j - 1][inputs.rows], pred) == greedy
             hits[j - 1] += int((agree & keep).sum())
             seen[j - 1] += int(keep.sum())
     core.train(was_training)

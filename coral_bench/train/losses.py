@@ -143,10 +143,20 @@ class LossInputs:
     valid: tuple[torch.Tensor, ...]  # steps × [B, T] bool, slots in step j's loss
     target: torch.Tensor  # [B, T, H] f_{t+1}
     rows: torch.Tensor  # [B, T] bool
-    target_logp: torch.Tensor  # [N, V] float32+ log softmax(lm_head(f_{t+1})) over rows (no gradient)
+    target_logp: torch.Tensor | None  # [N, V] float32+ log softmax(lm_head(f_{t+1})) over rows (no gradient);
+    # None with chunk_rows: the vocabulary terms then compute it block by block (chunked_loss.py)
     head: Callable[[torch.Tensor], torch.Tensor]  # the target's frozen LM head: [..., H] -> [..., V] logits
     world: Collective = field(default_factory=SingleProcess)
+    chunk_rows: int = 0  # > 0: soft CE and top-K over blocks of this many rows, never [N, V] at once
+    target_logp_of: Callable[[torch.Tensor], torch.Tensor] | None = None  # features -> exact target log-probs
     _memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def chunked(self, step: int, top_k: int | None = None) -> torch.Tensor:  # [N] per-slot loss over rows
+        """The soft CE (or top-K distillation) of ``step`` per row, block by block (chunk_rows > 0)."""
+        from .chunked_loss import per_slot_vocab_loss
+
+        return per_slot_vocab_loss(self.pred[step - 1][self.rows], self.target[self.rows], self.head,
+                                   self.target_logp_of, self.chunk_rows, top_k)
 
     @property
     def steps(self) -> int:
@@ -200,10 +210,10 @@ def regression_loss(inputs: LossInputs, settings: LossSettings) -> tuple[LossPar
 def soft_ce_loss(inputs: LossInputs, settings: LossSettings) -> tuple[LossPart, ...]:
     """−Σ_x p(x) log p̂(x) with p the target's distribution at position t+1 (from f_{t+1})."""
     parts = []
-    p = inputs.target_p()
+    p = None if inputs.chunk_rows else inputs.target_p()
     for j in range(1, inputs.steps + 1):
         keep = inputs.row_valid(j)
-        per_slot = -(p * inputs.pred_logp(j)).sum(-1)  # [N]
+        per_slot = inputs.chunked(j) if p is None else -(p * inputs.pred_logp(j)).sum(-1)  # [N]
         parts.append(LossPart(f"ce/{j}", per_slot[keep].sum(), keep.sum(),
                               settings.ce_weight * _step_weight(settings, j)))
     return tuple(parts)
@@ -211,6 +221,10 @@ def soft_ce_loss(inputs: LossInputs, settings: LossSettings) -> tuple[LossPart, 
 
 def topk_distill_loss(inputs: LossInputs, settings: LossSettings) -> tuple[LossPart, ...]:
     """HASS: −Σ_{x ∈ topK(p)} p(x) log p̂(x), K = ``distill_k``."""
+    if inputs.chunk_rows:
+        return tuple(LossPart(f"topk/{j}", inputs.chunked(j, settings.distill_k)[inputs.row_valid(j)].sum(),
+                              inputs.row_valid(j).sum(), settings.distill_weight * _step_weight(settings, j))
+                     for j in range(1, inputs.steps + 1))
     key = ("topk", settings.distill_k)
     if key not in inputs._memo:
         k = min(settings.distill_k, inputs.target_logp.shape[-1])

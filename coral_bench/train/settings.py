@@ -64,6 +64,7 @@ class TrainSettings:
     detach_step_inputs: bool = True  # HASS: step j > 1 inputs are detached
     init: str = "identity"
     loss_vocab: int = 0  # > 0: soft CE / top-K over the most frequent training tokens only (a CPU lever)
+    loss_chunk_rows: int = 0  # > 0: soft CE / top-K a block of this many slots at a time (memory, not values)
     max_sequences: int | None = None  # train on the first N training sequences (sweeps on a shorter budget)
     split_seed: int | None = None  # the held-out split's seed (None: seed): seeds compared on one held-out set
     features: str = "stored"  # "online": a teacher-forced target forward per batch instead of the store's features
@@ -89,6 +90,7 @@ class TrainSettings:
             (0 <= self.eval_fraction < 1, "eval_fraction must be in [0, 1)"),
             (self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.loss_vocab >= 0, "loss_vocab must be >= 0 (0: the full vocabulary)"),
+            (self.loss_chunk_rows >= 0, "loss_chunk_rows must be >= 0 (0: not chunked)"),
             (self.max_sequences is None or self.max_sequences >= 1, "max_sequences must be >= 1"),
             (self.features in FEATURE_SOURCES, f"features must be one of {FEATURE_SOURCES}"),
         ]
