@@ -38,10 +38,7 @@ class Eagle3Checkpoint:
     def build_model(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> Eagle3Model:
         model = Eagle3Model(self.config)
         model.load_state_dict(self.state, strict=True)
-        model = model.to(device=device)
-        for name, p in model.named_parameters():  # weights in the working dtype; d2t / t2d stay integer
-            p.data = p.data.to(dtype)
-        return model.eval()
+        return model.to(device=device, dtype=dtype).eval()  # floating tensors only: d2t / t2d keep their dtypes
 
 
 def is_eagle3(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> bool:

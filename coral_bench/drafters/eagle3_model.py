@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .draft_heads import HeadTop
-from .eagle_model import EagleAttention, EagleConfig, EagleConfigError, EagleMLP, EagleOutput, RMSNorm, rope_inv_freq
+from .eagle_model import (EagleAttention, EagleConfig, EagleConfigError, EagleMLP, EagleModel, EagleOutput, RMSNorm,
+                          rope_inv_freq)
 
 EMBED_KEY = "embed_tokens.weight"
 
@@ -162,10 +163,7 @@ class Eagle3Model(nn.Module):
         self.register_buffer("t2d", torch.zeros(c.vocab_size, dtype=torch.bool))
         self.register_buffer("inv_freq", rope_inv_freq(c), persistent=False)
 
-    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float()[..., None] * self.inv_freq.float()
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+    rope = EagleModel.rope  # the same RoPE from the same inv_freq buffer
 
     def forward(self, emb, feat, positions, past=None, attn_mask=None, cache=None, last_only=False) -> EagleOutput:
         """``feat`` [B, S, 3·H_t] (target features: through fc) or [B, S, H] (the drafter's own output)."""

@@ -53,7 +53,7 @@ def merge_shards(shards: list[Path], out: Path, command: str = "",
             shutil.copyfile(shards[0] / NOISE, out / NOISE)
         _join_peak_memory(shards, out)
         config = RunConfig.from_json(first["run_config"] | {"shard": None})
-        merged = {k: v for k, v in first.items()} | {"shard": None, "questions": sum(c["questions"] for c in configs),
+        merged = first | {"shard": None, "questions": sum(c["questions"] for c in configs),
                                                      "command": command, "run_config": config.to_json()}
         rd.write_json(out / rd.CONFIG, merged)
         return run_suite(config, out, resume=True, command=command, progress=progress)
