@@ -7,7 +7,7 @@ DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 # the trained drafters shipped for the embedded default, in this order
 SHIPPED := $(filter $(notdir $(wildcard coral_bench/assets/smollm2-135m/*)),eagle2 hass coral coral-router)
 
-.PHONY: install demo test benchmark reports check-reports update-golden clean
+.PHONY: install demo test test-long benchmark reports check-reports update-golden clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash tests/install_chromium.sh
 	$(BIN)/python -m pytest -q
+
+## The checks of over a minute each on the embedded model that make test leaves out (marker `long`).
+test-long: $(STAMP)
+	$(BIN)/python -m pytest -q -m long
 
 ## Component timing benchmarks on the embedded target (not part of make test; docs/benchmarks.md). Each run
 ## is saved under .benchmarks/ and compared with the latest saved run; COMPARE=NNNN compares with saved

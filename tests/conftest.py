@@ -59,3 +59,14 @@ def assert_speedup_model_adds_up(model: dict) -> None:
 
 # Tiny models gain nothing from threads, and a busy machine makes multi-threaded tiny ops very slow.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def fixed_trees_and_a_private_tree_cache(tmp_path_factory):
+    """``coral-bench run`` in a test decodes with the registry's fixed trees unless the test passes
+    ``--tree auto`` (which measures this machine), and the tree cache is the session's own, never the user's."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("CORAL_BENCH_TREE", "fixed")
+    patch.setenv("CORAL_BENCH_TREE_CACHE", str(tmp_path_factory.mktemp("tree-cache")))
+    yield
+    patch.undo()

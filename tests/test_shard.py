@@ -30,7 +30,7 @@ def _samples(run_dir):
 
 @pytest.mark.parametrize("target,dtype,drafters,questions", [
     ("tiny-random", "float32", ("prompt-lookup", "eagle3", "oracle"), 3),
-    pytest.param("smollm2-135m", "bfloat16", ("coral-router",), 2, marks=pytest.mark.slow),
+    pytest.param("smollm2-135m", "bfloat16", ("coral-router",), 2, marks=pytest.mark.long),
 ], ids=["tiny", "embedded"])
 def test_sharded_then_merged_equals_unsharded(tmp_path, target, dtype, drafters, questions):
     whole = run_suite(_config(target, dtype, drafters, questions), tmp_path / "whole")

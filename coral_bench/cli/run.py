@@ -14,6 +14,8 @@ from rich.table import Table
 from coral_bench.run.progress import progress_bar
 from .common import _fmt, _quiet_transformers, _tree, err, out
 
+FIXED = "fixed"  # --tree fixed: every drafter decodes with its registry default tree
+
 
 @click.command()
 @click.option("--suite", required=True, help="Suite name (see `coral-bench suites`) or a FastChat/Spec-Bench .jsonl file.")
@@ -21,8 +23,13 @@ from .common import _fmt, _quiet_transformers, _tree, err, out
 @click.option("--drafter", "drafters", multiple=True, metavar="[LABEL=]NAME[:CKPT][@tree=SHAPE]",
               help="A drafter to compare with vanilla (repeatable).")
 @click.option("--peer", "peers", multiple=True, help="A peer implementation (hf-vanilla always runs; `--peer none`: no peer at all).")
-@click.option("--tree", callback=_tree, help="Tree for every drafter: chain:N or top_k=K,depth=D,total_tokens=T; "
-              "auto: EAGLE-style drafters get the grid tree with the best predicted speedup on this machine.")
+@click.option("--tree", callback=lambda ctx, param, value: value if value == FIXED else _tree(ctx, param, value),
+              default="auto", show_default=True, envvar="CORAL_BENCH_TREE",
+              help="auto: each EAGLE-style drafter gets the tree the cost model predicts fastest on this machine "
+              "(measured once per machine and drafter, then cached); fixed: every drafter's registry default; "
+              "chain:N or top_k=K,depth=D,total_tokens=T: that tree for every drafter. A drafter's @tree wins. "
+              "Env: CORAL_BENCH_TREE.")
+@click.option("--retune", is_flag=True, help="With --tree auto: measure the trees again (the cached choices are replaced).")
 @click.option("--limit", type=int, help="Only the first N questions.")
 @click.option("--max-new-tokens", type=int, help="Default: the suite's (256).")
 @click.option("--temperature", type=float, default=0.0, show_default=True)
@@ -38,8 +45,8 @@ from .common import _fmt, _quiet_transformers, _tree, err, out
 @click.option("--require-idle", is_flag=True, help="Refuse to time on a busy machine.")
 @click.option("--shard", callback=lambda ctx, param, value: _shard(value), metavar="I/N",
               help="Only every N-th question from the I-th (0-based), e.g. one shard per GPU; join with coral-bench merge.")
-def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature, top_p, sample_top_k, seed, dtype,
-        device, threads, out, resume, require_idle, shard):
+def run(suite, target, drafters, peers, tree, retune, limit, max_new_tokens, temperature, top_p, sample_top_k, seed,
+        dtype, device, threads, out, resume, require_idle, shard):
     """Run vanilla, each drafter and each peer over a suite and compare them."""
     from coral_bench.run.runner import RunConfig, run_suite
     from coral_bench.run.specs import DrafterSpec
@@ -52,15 +59,18 @@ def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature
         raise click.BadParameter("must be >= 1", param_hint="--limit")
     if max_new_tokens is not None and max_new_tokens < 1:
         raise click.BadParameter("must be >= 1", param_hint="--max-new-tokens")
+    specs = tuple(DrafterSpec.parse(d) for d in drafters)
     auto = None
-    if tree == "auto":  # EAGLE-style drafters: the tree the cost model predicts fastest here, chosen before the run
-        from coral_bench.costmodel.tree_search import AutoSettings
+    if tree == FIXED:
+        tree = None
+    elif tree == "auto":  # EAGLE-style drafters: the tree the cost model predicts fastest here, chosen before the run
+        from coral_bench.costmodel.tree_search import AutoSettings, tunes_any
         from coral_bench.run.devices import resolve_device
 
-        tree, auto = None, AutoSettings.for_device(resolve_device(device).type)
+        tree, auto = None, AutoSettings.for_device(resolve_device(device).type) if tunes_any(specs) else None
     if resume and out is None:
         raise click.BadParameter("--resume needs the --out of the run to continue", param_hint="--resume")
-    config = RunConfig(suite=suite, target=target, drafters=tuple(DrafterSpec.parse(d) for d in drafters),
+    config = RunConfig(suite=suite, target=target, drafters=specs,
                        peers=tuple(peers), tree=tree, limit=limit, max_new_tokens=max_new_tokens,
                        sampling=SamplingConfig(temperature=temperature, top_p=top_p, top_k=sample_top_k, seed=seed),
                        dtype=dtype, device=device, threads=threads, require_idle=require_idle,
@@ -80,9 +90,10 @@ def run(suite, target, drafters, peers, tree, limit, max_new_tokens, temperature
 
         choose = None
         if auto is not None:
+            from coral_bench.costmodel.tree_cache import TreeCache
             from coral_bench.costmodel.tree_search import tree_chooser
 
-            choose = tree_chooser(config.drafters, auto, config.sampling.seed)
+            choose = tree_chooser(config.drafters, auto, config.sampling.seed, TreeCache.default(), retune)
         results = run_suite(config, out, resume=resume, command=command, progress=progress, choose_trees=choose)
     _print_summary(results)
     out_path = out / "results.json"

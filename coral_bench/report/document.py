@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import figures as fg
-from . import measured, model, overview, replays, training
+from . import measured, model, overview, replays, training, trees
 from .blocks import FIGURES_DIR, Figure, Section, inline_html, section_html, section_markdown
 from coral_bench.rundir.reader import Run, load_runs
 
@@ -52,6 +52,7 @@ def build_report(runs: Sequence[Run]) -> Report:
         overview.runs_section(runs),
         measured.headline(runs, colours),
         measured.details(runs),
+        trees.chosen_trees(runs),
         measured.sample_metrics(runs),
         measured.categories(runs),
         measured.turns(runs),
