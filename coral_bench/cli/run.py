@@ -93,7 +93,8 @@ def run(suite, target, drafters, peers, tree, retune, limit, max_new_tokens, tem
             from coral_bench.costmodel.tree_cache import TreeCache
             from coral_bench.costmodel.tree_search import tree_chooser
 
-            choose = tree_chooser(config.drafters, auto, config.sampling.seed, TreeCache.default(), retune)
+            choose = tree_chooser(config.drafters, auto, config.sampling.seed, TreeCache.default(), retune,
+                                  progress=lambda text: (bar.update(task, description=text), err.print(text)))
         results = run_suite(config, out, resume=resume, command=command, progress=progress, choose_trees=choose)
     _print_summary(results)
     out_path = out / "results.json"

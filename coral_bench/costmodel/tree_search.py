@@ -253,10 +253,12 @@ def tunes_any(drafters: Sequence[DrafterSpec]) -> bool:
 
 
 def tree_chooser(drafters: Sequence[DrafterSpec], settings: AutoSettings, seed: int = 0,
-                 cache: TreeCache | None = None, retune: bool = False):
+                 cache: TreeCache | None = None, retune: bool = False,
+                 progress: Callable[[str], None] | None = None):
     """``run_suite``'s ``choose_trees`` for ``--tree auto`` (the default): for every drafter whose kind takes a
     tuned tree (the registry says which) and that has no ``@tree`` of its own, the choice cached for this
-    machine and drafter (``tree_cache``), else :func:`auto_tree`, measured once and cached."""
+    machine and drafter (``tree_cache``), else :func:`auto_tree`, measured once and cached. ``progress`` is
+    told which drafter is being measured (minutes each on a small CPU)."""
 
     def choose_trees(loaded: LoadedTarget, clock: Clock, suite) -> dict[str, ChosenTree]:
         fingerprint = machine_fingerprint(loaded.target, loaded.dtype, torch.get_num_threads())
@@ -272,6 +274,9 @@ def tree_chooser(drafters: Sequence[DrafterSpec], settings: AutoSettings, seed: 
                 record = dict(hit.record) | {"cache": {"status": "hit", "measured_at": hit.measured_at,
                                                        "machine": fingerprint}}
             else:
+                if progress is not None:
+                    progress(f"choosing the tree for {spec.label} on this machine "
+                             f"({len(settings.candidates())} candidates; cached afterwards)")
                 if not shared:
                     shared.append(machine_costs(loaded, settings, settings.candidates(), clock, seed))
                 choice = auto_tree(loaded, spec, settings, clock, seed, run_suite=suite.name, machine=shared[0])
